@@ -1,0 +1,327 @@
+//! One blocking TCP connection to a Redis node: the handshake, timeouts, and
+//! the two buffers it owns and reuses for its whole life.
+//!
+//! Rules that keep a lock library honest:
+//! - `TCP_NODELAY` is on, and each request goes out in one `write` call.
+//! - A connection that saw a timeout, an I/O error or a malformed reply is
+//!   marked broken and closed by the pool, never reused: its stream may hold a
+//!   late reply that would be read as the answer to the next command.
+//! - Reads wait until one shared deadline, so an operation over several nodes
+//!   is bounded by one timeout, not one per node.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+
+use crate::error::Failure;
+use crate::resp::{self, MAX_REPLY, Parse, Reply};
+use crate::script::{self, SHAS};
+
+/// Write buffer capacity reserved at connect: fits every lock command for
+/// keys far beyond the 64 bytes the zero-allocation promise covers.
+const WRITE_CAPACITY: usize = 1024;
+
+/// How far the socket's read timeout may differ from the time left before the
+/// deadline without being reset. Resetting costs a system call, so the common
+/// case (reply well before the deadline) makes none; a read can overrun the
+/// deadline by at most this much.
+const TIMEOUT_SLACK: Duration = Duration::from_millis(1);
+
+/// A password that never shows up in `Debug` output.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Where a node is and how to log in: what we keep of redis-rs's
+/// `ConnectionInfo`.
+#[derive(Debug, Clone)]
+pub(crate) struct Endpoint {
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) username: Option<String>,
+    pub(crate) password: Option<Secret>,
+    pub(crate) db: i64,
+}
+
+impl Endpoint {
+    /// `host:port`, with brackets around IPv6 literals: how nodes are named in
+    /// errors and logs (no credentials, no database).
+    pub(crate) fn name(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Per-connection timeouts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    /// Bound on establishing the TCP connection, per resolved address.
+    pub(crate) connect: Duration,
+    /// Bound on each write, and on waiting for each operation's replies.
+    pub(crate) io: Duration,
+}
+
+/// A live connection with its buffers.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    /// Requests are encoded here, then written in one call. Cleared, never
+    /// freed, between uses.
+    wbuf: BytesMut,
+    /// Replies are read here. Fixed size: replies to our commands are tiny,
+    /// and a fixed buffer is also the cap on what a hostile server can make
+    /// us hold. Zeroed once at connect (reading needs initialised memory).
+    rbuf: Box<[u8]>,
+    /// Unparsed bytes are `rbuf[rstart..rend]`.
+    rstart: usize,
+    rend: usize,
+    /// The read timeout currently set on the socket.
+    read_timeout: Duration,
+    /// Set on any failure that leaves the stream in an unknown state.
+    broken: bool,
+    /// Whether this connection sat idle in the pool before its current use:
+    /// the server may have closed it meanwhile.
+    pub(crate) reused: bool,
+    /// Whether any reply byte arrived since the last request was sent.
+    got_reply_bytes: bool,
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn")
+            .field("peer", &self.stream.peer_addr().ok())
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// Connects, then logs in, selects the database and loads both scripts,
+    /// all in one round trip.
+    pub(crate) fn connect(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, Failure> {
+        let stream = open(endpoint, timeouts.connect)?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(timeouts.io))?;
+        stream.set_write_timeout(Some(timeouts.io))?;
+        let mut conn = Conn {
+            stream,
+            wbuf: BytesMut::with_capacity(WRITE_CAPACITY),
+            rbuf: vec![0u8; MAX_REPLY].into_boxed_slice(),
+            rstart: 0,
+            rend: 0,
+            read_timeout: timeouts.io,
+            broken: false,
+            reused: false,
+            got_reply_bytes: false,
+        };
+        conn.handshake(endpoint, timeouts.io)?;
+        Ok(conn)
+    }
+
+    fn handshake(&mut self, endpoint: &Endpoint, io_timeout: Duration) -> Result<(), Failure> {
+        if let Some(password) = &endpoint.password {
+            match &endpoint.username {
+                Some(user) => resp::encode(
+                    &mut self.wbuf,
+                    &[b"AUTH", user.as_bytes(), password.0.as_bytes()],
+                ),
+                None => resp::encode(&mut self.wbuf, &[b"AUTH", password.0.as_bytes()]),
+            }
+        }
+        if endpoint.db != 0 {
+            let mut num = itoa::Buffer::new();
+            resp::encode(
+                &mut self.wbuf,
+                &[b"SELECT", num.format(endpoint.db).as_bytes()],
+            );
+        }
+        script::encode_load(&mut self.wbuf);
+        resp::encode(&mut self.wbuf, &[b"PING"]);
+        self.send()?;
+
+        let deadline = Instant::now() + io_timeout;
+        // Read every reply even after a failure, so that the first failure
+        // reported is the root cause (a bad AUTH, not the NOAUTH after it).
+        let mut first_failure = None;
+        let mut note = |result: Result<(), Failure>| {
+            if let Err(failure) = result {
+                first_failure.get_or_insert(failure);
+            }
+        };
+        if endpoint.password.is_some() {
+            note(self.recv_with(deadline, expect_ok)?);
+        }
+        if endpoint.db != 0 {
+            note(self.recv_with(deadline, expect_ok)?);
+        }
+        for sha in [&SHAS.release, &SHAS.extend] {
+            let loaded = self.recv_with(deadline, |reply| script::check_loaded(reply, sha))?;
+            match loaded {
+                // A user allowed EVAL/EVALSHA but not SCRIPT LOAD still works:
+                // EVALSHA will answer NOSCRIPT and we fall back to EVAL.
+                Err(Failure::Server(text)) if text.starts_with(b"NOPERM") => {
+                    log::debug!("redlease: SCRIPT LOAD not permitted, will use EVAL as needed");
+                }
+                other => note(other),
+            }
+        }
+        note(self.recv_with(deadline, |reply| match reply {
+            Reply::Simple(b"PONG") => Ok(()),
+            Reply::Error(text) => Err(script::server_error(text)),
+            _ => Err(Failure::Protocol("unexpected reply to PING")),
+        })?);
+        match first_failure {
+            Some(failure) => {
+                self.broken = true;
+                Err(failure)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// The write buffer, cleared, for the next request.
+    pub(crate) fn request(&mut self) -> &mut BytesMut {
+        self.wbuf.clear();
+        &mut self.wbuf
+    }
+
+    /// Writes the encoded request in one call.
+    pub(crate) fn send(&mut self) -> Result<(), Failure> {
+        self.got_reply_bytes = false;
+        let result = self.stream.write_all(&self.wbuf);
+        self.wbuf.clear();
+        result.map_err(|e| self.fail(e.into()))
+    }
+
+    /// Waits (until `deadline`) for one whole reply and hands it to `read`.
+    pub(crate) fn recv_with<T>(
+        &mut self,
+        deadline: Instant,
+        read: impl FnOnce(Reply<'_>) -> T,
+    ) -> Result<T, Failure> {
+        loop {
+            match resp::parse(&self.rbuf[self.rstart..self.rend]) {
+                Ok(Parse::Complete(reply, used)) => {
+                    let out = read(reply);
+                    self.rstart += used;
+                    if self.rstart == self.rend {
+                        self.rstart = 0;
+                        self.rend = 0;
+                    }
+                    return Ok(out);
+                }
+                Ok(Parse::Incomplete) => {
+                    if let Err(failure) = self.fill(deadline) {
+                        return Err(self.fail(failure));
+                    }
+                }
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer.
+    fn fill(&mut self, deadline: Instant) -> Result<(), Failure> {
+        if self.rend == self.rbuf.len() {
+            if self.rstart == 0 {
+                return Err(Failure::Protocol("reply larger than the decoder's cap"));
+            }
+            self.rbuf.copy_within(self.rstart..self.rend, 0);
+            self.rend -= self.rstart;
+            self.rstart = 0;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let n = if remaining.is_zero() {
+            self.read_without_waiting()?
+        } else {
+            if self.read_timeout.abs_diff(remaining) > TIMEOUT_SLACK {
+                self.stream.set_read_timeout(Some(remaining))?;
+                self.read_timeout = remaining;
+            }
+            self.read_retrying()?
+        };
+        if n == 0 {
+            return Err(Failure::Closed);
+        }
+        self.got_reply_bytes = true;
+        self.rend += n;
+        Ok(())
+    }
+
+    fn read_retrying(&mut self) -> io::Result<usize> {
+        loop {
+            match self.stream.read(&mut self.rbuf[self.rend..]) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                other => return other,
+            }
+        }
+    }
+
+    /// Past the deadline a reply may still be waiting in the socket: take it
+    /// if it is there, never block for it.
+    fn read_without_waiting(&mut self) -> Result<usize, Failure> {
+        self.stream.set_nonblocking(true)?;
+        let result = self.read_retrying();
+        self.stream.set_nonblocking(false)?;
+        Ok(result?)
+    }
+
+    /// Records a failure; every failure seen here breaks the connection.
+    fn fail(&mut self, failure: Failure) -> Failure {
+        self.broken = true;
+        failure
+    }
+
+    /// Marks the connection unusable (a reply of the wrong type, say).
+    pub(crate) fn mark_broken(&mut self) {
+        self.broken = true;
+    }
+
+    /// Whether `failure` only shows that the server had closed this idle
+    /// connection before our request reached it, so the request can be sent
+    /// again on a new connection.
+    pub(crate) fn was_stale(&self, failure: &Failure) -> bool {
+        self.reused && !self.got_reply_bytes && failure.is_disconnect()
+    }
+
+    /// Ready for the pool: no stale bytes, no half-read reply.
+    pub(crate) fn is_clean(&self) -> bool {
+        !self.broken && self.rstart == self.rend
+    }
+}
+
+fn expect_ok(reply: Reply<'_>) -> Result<(), Failure> {
+    match reply {
+        Reply::Simple(b"OK") => Ok(()),
+        Reply::Error(text) => Err(script::server_error(text)),
+        _ => Err(Failure::Protocol("unexpected reply during the handshake")),
+    }
+}
+
+/// Resolves the host and connects to the first address that answers.
+fn open(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, Failure> {
+    let mut last_error = None;
+    for addr in (endpoint.host.as_str(), endpoint.port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, connect_timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => e.into(),
+        None => Failure::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "host name resolved to no address",
+        )),
+    })
+}

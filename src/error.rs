@@ -1,0 +1,415 @@
+//! The crate's one public error type, and the small allocation-free record of
+//! what went wrong on one node ([`Failure`]) that becomes it.
+
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shorthand for `Result<T, redlease::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong. Not being able to take a lock because
+/// someone else holds it is *not* an error for [`try_lock`]: that is
+/// `Ok(None)`. It becomes one ([`Error::Held`], [`Error::WaitTimedOut`]) only
+/// when [`lock`] runs out of patience.
+///
+/// Messages are lowercase and never contain passwords or whole lock tokens.
+///
+/// [`try_lock`]: crate::LockManager::try_lock
+/// [`lock`]: crate::LockManager::lock
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A key, a TTL or a builder setting was refused before anything was sent.
+    InvalidArgument(Box<str>),
+    /// The address asks for something this version cannot do yet (TLS).
+    Unsupported(&'static str),
+    /// [`lock`](crate::LockManager::lock) used all the attempts its retry
+    /// policy allows; at the last one the lock was held by another owner.
+    Held {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent, sleeping included.
+        waited: Duration,
+    },
+    /// The wait bound ([`RetryPolicy::max_wait`](crate::RetryPolicy::max_wait)
+    /// or [`try_lock_for`](crate::LockManager::try_lock_for)'s argument)
+    /// passed while the lock was held by another owner.
+    WaitTimedOut {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent, sleeping included.
+        waited: Duration,
+    },
+    /// Too few nodes answered for the outcome to be decided: fewer than a
+    /// quorum agreed, and failures (not other owners) made the difference.
+    /// Anything this attempt may have written has been cleaned up.
+    NoQuorum {
+        /// Nodes that agreed (granted, released or extended).
+        agreed: usize,
+        /// Nodes in the quorum.
+        nodes: usize,
+        /// The first node failure, for the details.
+        cause: Option<Box<Error>>,
+    },
+    /// A quorum granted the lock, but so slowly that no validity was left
+    /// after the clock-drift allowance; the lock was released again.
+    ValidityExpired {
+        /// Time the attempt took.
+        elapsed: Duration,
+        /// The TTL asked for.
+        ttl: Duration,
+    },
+    /// The lock expired or was taken by another owner: it can no longer be
+    /// extended. Work protected by it must stop.
+    LockLost,
+    /// An I/O error talking to a node; the connection was closed.
+    Io {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// What the operating system said.
+        source: io::Error,
+    },
+    /// A node did not answer within the configured timeout; the connection
+    /// was closed.
+    Timeout {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+    },
+    /// A node sent something that is not a valid reply to our command; the
+    /// connection was closed.
+    Protocol {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// What was wrong with it.
+        detail: &'static str,
+    },
+    /// A node answered with an error (`OOM`, `READONLY`, `NOPERM`, `BUSY`…).
+    Server {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// The server's own text, possibly shortened.
+        message: Box<str>,
+    },
+    /// A node refused our credentials, or wants some and got none.
+    Auth {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// The server's own text (it never echoes the password).
+        message: Box<str>,
+    },
+    /// Every pooled connection to a node stayed busy for the whole pool wait.
+    PoolTimeout {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A node failed recently and is skipped until its reconnect backoff ends.
+    NodeDown {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+    },
+    /// The operating system's random source failed, so no token could be made.
+    RandomSource(Box<str>),
+}
+
+impl Error {
+    /// Whether trying again later can help: true for contention, timeouts,
+    /// I/O and quorum failures, and transient server errors (`OOM`, `BUSY`,
+    /// `LOADING`, …); false for bad arguments, unsupported addresses,
+    /// authentication and permission failures.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::InvalidArgument(_)
+            | Error::Unsupported(_)
+            | Error::Auth { .. }
+            | Error::RandomSource(_)
+            | Error::LockLost => false,
+            Error::Server { message, .. } => !is_permanent_server_error(message),
+            _ => true,
+        }
+    }
+
+    /// Whether this error means "someone else holds the lock".
+    pub fn is_contended(&self) -> bool {
+        matches!(self, Error::Held { .. } | Error::WaitTimedOut { .. })
+    }
+
+    pub(crate) fn invalid(msg: impl Into<Box<str>>) -> Error {
+        Error::InvalidArgument(msg.into())
+    }
+}
+
+/// Server errors that will not go away by waiting.
+fn is_permanent_server_error(message: &str) -> bool {
+    [
+        "NOPERM",
+        "WRONGTYPE",
+        "NOAUTH",
+        "WRONGPASS",
+        "ERR unknown command",
+    ]
+    .iter()
+    .any(|prefix| message.starts_with(prefix))
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::InvalidArgument(msg) => write!(f, "invalid argument: {msg}"),
+            Error::Unsupported(what) => write!(f, "unsupported: {what}"),
+            Error::Held { attempts, waited } => write!(
+                f,
+                "lock held by another owner: gave up after {attempts} attempts in {waited:?}"
+            ),
+            Error::WaitTimedOut { attempts, waited } => write!(
+                f,
+                "wait timed out after {waited:?} ({attempts} attempts): lock held by another owner"
+            ),
+            Error::NoQuorum {
+                agreed,
+                nodes,
+                cause,
+            } => {
+                write!(
+                    f,
+                    "no quorum: {agreed} of {nodes} nodes agreed, {} needed",
+                    nodes / 2 + 1
+                )?;
+                if let Some(cause) = cause {
+                    write!(f, " (first failure: {cause})")?;
+                }
+                Ok(())
+            }
+            Error::ValidityExpired { elapsed, ttl } => write!(
+                f,
+                "validity expired: the quorum answered after {elapsed:?}, leaving nothing of the {ttl:?} ttl after drift"
+            ),
+            Error::LockLost => f.write_str("lock lost: it expired or was taken by another owner"),
+            Error::Io { node, source } => write!(f, "i/o error on {node}: {source}"),
+            Error::Timeout { node } => write!(f, "timed out waiting for {node}"),
+            Error::Protocol { node, detail } => write!(f, "protocol error from {node}: {detail}"),
+            Error::Server { node, message } => write!(f, "server error from {node}: {message}"),
+            Error::Auth { node, message } => {
+                write!(f, "authentication failed on {node}: {message}")
+            }
+            Error::PoolTimeout { node, waited } => write!(
+                f,
+                "pool exhausted: no free connection to {node} within {waited:?}"
+            ),
+            Error::NodeDown { node } => write!(
+                f,
+                "node down: {node} failed recently and is skipped until its reconnect backoff ends"
+            ),
+            Error::RandomSource(msg) => write!(f, "random source failed: {msg}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io { source, .. } => Some(source),
+            Error::NoQuorum {
+                cause: Some(cause), ..
+            } => Some(&**cause),
+            _ => None,
+        }
+    }
+}
+
+/// Longest server error text kept per node failure; longer text is cut.
+const SERVER_TEXT_MAX: usize = 120;
+
+/// A server error message kept inline, so a failing node costs no allocation
+/// until the failure is actually reported.
+#[derive(Clone, Copy)]
+pub(crate) struct ServerText {
+    len: u8,
+    bytes: [u8; SERVER_TEXT_MAX],
+}
+
+impl ServerText {
+    pub(crate) fn new(text: &[u8]) -> ServerText {
+        let len = text.len().min(SERVER_TEXT_MAX);
+        let mut bytes = [0u8; SERVER_TEXT_MAX];
+        bytes[..len].copy_from_slice(&text[..len]);
+        // Cannot truncate: len <= SERVER_TEXT_MAX < 256.
+        ServerText {
+            len: len as u8,
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+
+    pub(crate) fn starts_with(&self, prefix: &[u8]) -> bool {
+        self.as_bytes().starts_with(prefix)
+    }
+
+    fn to_boxed_str(self) -> Box<str> {
+        String::from_utf8_lossy(self.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for ServerText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// What went wrong on one node during one operation. Kept small and
+/// allocation-free: a quorum with one sick node must not allocate on every
+/// lock just to record the sickness.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// The socket failed.
+    Io(io::Error),
+    /// No reply before the deadline.
+    Timeout,
+    /// The server closed the connection.
+    Closed,
+    /// The reply was malformed or of the wrong type.
+    Protocol(&'static str),
+    /// The server answered with an error.
+    Server(ServerText),
+    /// The server refused our credentials.
+    Auth(ServerText),
+    /// The node is in its reconnect backoff.
+    Down,
+    /// No pooled connection became free in time.
+    PoolTimeout(Duration),
+}
+
+impl Failure {
+    /// Whether the connection that saw this failure must be closed. Only a
+    /// clean error reply leaves the stream in a known state.
+    pub(crate) fn breaks_connection(&self) -> bool {
+        !matches!(
+            self,
+            Failure::Server(_) | Failure::Down | Failure::PoolTimeout(_)
+        )
+    }
+
+    /// Whether the failure shows the server had already closed an idle
+    /// connection before our request: EOF, reset or broken pipe.
+    pub(crate) fn is_disconnect(&self) -> bool {
+        match self {
+            Failure::Closed => true,
+            Failure::Io(e) => matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionReset
+                    | io::ErrorKind::ConnectionAborted
+                    | io::ErrorKind::BrokenPipe
+                    | io::ErrorKind::UnexpectedEof
+            ),
+            _ => false,
+        }
+    }
+
+    /// The public error, naming the node.
+    pub(crate) fn into_error(self, node: &Arc<str>) -> Error {
+        let node = Arc::clone(node);
+        match self {
+            Failure::Io(source) => Error::Io { node, source },
+            Failure::Timeout => Error::Timeout { node },
+            Failure::Closed => Error::Io {
+                node,
+                source: io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed by the server",
+                ),
+            },
+            Failure::Protocol(detail) => Error::Protocol { node, detail },
+            Failure::Server(text) => Error::Server {
+                node,
+                message: text.to_boxed_str(),
+            },
+            Failure::Auth(text) => Error::Auth {
+                node,
+                message: text.to_boxed_str(),
+            },
+            Failure::Down => Error::NodeDown { node },
+            Failure::PoolTimeout(waited) => Error::PoolTimeout { node, waited },
+        }
+    }
+}
+
+impl From<crate::resp::ProtocolError> for Failure {
+    fn from(e: crate::resp::ProtocolError) -> Failure {
+        Failure::Protocol(e.0)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Failure {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout,
+            _ => Failure::Io(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Results travel through every call; keep the error small.
+    #[test]
+    fn error_is_small() {
+        assert!(
+            std::mem::size_of::<Error>() <= 40,
+            "{}",
+            std::mem::size_of::<Error>()
+        );
+    }
+
+    #[test]
+    fn messages_are_lowercase_what_colon_detail() {
+        let node: Arc<str> = Arc::from("127.0.0.1:7000");
+        let e = Failure::Server(ServerText::new(b"OOM command not allowed")).into_error(&node);
+        assert_eq!(
+            e.to_string(),
+            "server error from 127.0.0.1:7000: OOM command not allowed"
+        );
+        let e = Error::NoQuorum {
+            agreed: 1,
+            nodes: 3,
+            cause: Some(Box::new(Failure::Timeout.into_error(&node))),
+        };
+        assert_eq!(
+            e.to_string(),
+            "no quorum: 1 of 3 nodes agreed, 2 needed (first failure: timed out waiting for 127.0.0.1:7000)"
+        );
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    #[test]
+    fn server_text_is_cut_not_refused() {
+        let long = [b'x'; 500];
+        assert_eq!(ServerText::new(&long).as_bytes().len(), SERVER_TEXT_MAX);
+        assert_eq!(ServerText::new(b"BUSY").as_bytes(), b"BUSY");
+    }
+
+    #[test]
+    fn retryable_classification() {
+        let node: Arc<str> = Arc::from("n");
+        let server = |m: &[u8]| Failure::Server(ServerText::new(m)).into_error(&node);
+        assert!(server(b"OOM command not allowed").is_retryable());
+        assert!(server(b"BUSY Redis is busy").is_retryable());
+        assert!(!server(b"NOPERM this user has no permissions").is_retryable());
+        assert!(!Error::invalid("key is empty").is_retryable());
+        assert!(Failure::Timeout.into_error(&node).is_retryable());
+        assert!(
+            Error::Held {
+                attempts: 1,
+                waited: Duration::ZERO
+            }
+            .is_contended()
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Blocking distributed locks on Redis: one node, or a Redlock quorum over
+//! several independent masters, with no async runtime and no heap
+//! allocation per lock in steady state.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! let locks = redlease::LockManager::builder()
+//!     .node("redis://127.0.0.1:6379") // repeat for a Redlock quorum (3 or 5 nodes)
+//!     .build()?;
+//!
+//! // One attempt: `None` when another owner holds it.
+//! if let Some(lock) = locks.try_lock("orders:42", Duration::from_secs(10))? {
+//!     // ... critical section; lock.remaining() says how long it stays valid
+//!     let still_ours: bool = lock.release()?;
+//!     # let _ = still_ours;
+//! }
+//!
+//! // Waits by the retry policy; released when dropped.
+//! let mut lock = locks.lock("orders:42", Duration::from_secs(10))?;
+//! lock.extend(Duration::from_secs(10))?;
+//! drop(lock);
+//! # Ok::<(), redlease::Error>(())
+//! ```
+//!
+//! # Guarantees and their limits
+//!
+//! While [`Lock::remaining`] is above zero, no other client of this crate
+//! (or of any correct Redlock implementation) holds the same key, provided
+//! the servers' clocks do not jump and a majority of them keep their data.
+//! Not covered, as with every Redis lock: failover to a replica that had not
+//! yet received the key (replication is asynchronous), a node restarted
+//! without persistence before the longest TTL has passed, and a process that
+//! pauses (GC, swap, SIGSTOP) past its lock's validity — use fencing tokens
+//! in the protected resource for that.
+//!
+//! # Logging
+//!
+//! The crate never prints. It logs through the [`log`] facade: a node marked
+//! down or back up, a best-effort release on drop that failed, a script sent
+//! again after `NOSCRIPT`. Tokens and passwords never appear in log records.
+
+#![forbid(unsafe_code)]
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
+mod builder;
+mod conn;
+mod error;
+mod lock;
+mod manager;
+mod node;
+mod quorum;
+mod resp;
+mod retry;
+mod script;
+mod token;
+
+pub use builder::LockManagerBuilder;
+pub use error::{Error, Result};
+pub use lock::Lock;
+pub use manager::LockManager;
+pub use retry::RetryPolicy;

@@ -1,0 +1,310 @@
+//! RESP2, the Redis wire protocol: an encoder for the few commands we send and
+//! an allocation-free decoder for the replies.
+//!
+//! The decoder follows mini-redis's `parse_frame`: it first makes sure a whole
+//! reply is in the buffer, without allocating, and only then hands back a view
+//! into it. A short buffer is an expected state ([`Parse::Incomplete`]), not an
+//! error. Every length the server announces is checked against [`MAX_REPLY`]
+//! before we wait for the bytes, so a hostile `$10000000000` can neither make
+//! us buffer without bound nor wait for data that will never fit.
+
+use bytes::{BufMut, BytesMut};
+
+/// The largest reply we accept, in bytes, and the size of each connection's
+/// read buffer. Replies to our commands are tiny (`+OK`, `:1`, a 40-byte SHA);
+/// the largest legitimate one is `INFO server` at build time (about 1.5 KiB)
+/// or a long server error message.
+pub(crate) const MAX_REPLY: usize = 8 * 1024;
+
+/// Deepest array nesting we frame before calling the reply hostile. We never
+/// ask for arrays; this bound only keeps the decoder's recursion small.
+const MAX_DEPTH: usize = 8;
+
+/// One decoded reply, borrowing from the read buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reply<'a> {
+    /// `+OK`: a simple string, without its `+` and line ending.
+    Simple(&'a [u8]),
+    /// `-ERR ...`: a server error, without its `-` and line ending.
+    Error(&'a [u8]),
+    /// `:1`
+    Integer(i64),
+    /// `$3\r\nabc\r\n`: a bulk string's payload.
+    Bulk(&'a [u8]),
+    /// `$-1` or `*-1`: the null reply.
+    Nil,
+    /// `*n`: an array of `n` elements, framed (so the stream stays in step)
+    /// but not kept: none of our commands expects one.
+    Array(usize),
+}
+
+/// The outcome of one decoding attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Parse<'a> {
+    /// A whole reply and the number of bytes it used.
+    Complete(Reply<'a>, usize),
+    /// More bytes are needed; nothing was consumed.
+    Incomplete,
+}
+
+/// Why bytes from the server are not a valid reply. The message is what the
+/// user sees after "protocol error: ".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ProtocolError(pub(crate) &'static str);
+
+/// Tries to decode one reply from the front of `buf`.
+pub(crate) fn parse(buf: &[u8]) -> Result<Parse<'_>, ProtocolError> {
+    parse_at(buf, 0)
+}
+
+fn parse_at(buf: &[u8], depth: usize) -> Result<Parse<'_>, ProtocolError> {
+    let Some(&kind) = buf.first() else {
+        return Ok(Parse::Incomplete);
+    };
+    let Some((line, after_line)) = line(&buf[1..])? else {
+        return Ok(Parse::Incomplete);
+    };
+    let header = 1 + after_line;
+    let reply = match kind {
+        b'+' => Reply::Simple(line),
+        b'-' => Reply::Error(line),
+        b':' => Reply::Integer(integer(line)?),
+        b'$' => match length(line)? {
+            None => Reply::Nil,
+            Some(len) => {
+                let end = header + len;
+                if buf.len() < end + 2 {
+                    return Ok(Parse::Incomplete);
+                }
+                if &buf[end..end + 2] != b"\r\n" {
+                    return Err(ProtocolError("bulk string not terminated by CRLF"));
+                }
+                return Ok(Parse::Complete(Reply::Bulk(&buf[header..end]), end + 2));
+            }
+        },
+        b'*' => match length(line)? {
+            None => Reply::Nil,
+            Some(count) => {
+                if depth >= MAX_DEPTH {
+                    return Err(ProtocolError("arrays nested too deeply"));
+                }
+                let mut used = header;
+                for _ in 0..count {
+                    match parse_at(&buf[used..], depth + 1)? {
+                        Parse::Complete(_, n) => used += n,
+                        Parse::Incomplete => return Ok(Parse::Incomplete),
+                    }
+                }
+                return Ok(Parse::Complete(Reply::Array(count), used));
+            }
+        },
+        _ => return Err(ProtocolError("unknown reply type")),
+    };
+    Ok(Parse::Complete(reply, header))
+}
+
+/// Finds the first line of `buf`: its content and the offset just past its
+/// CRLF. A bare `\n`, or a `\r` not followed by `\n`, is a protocol error.
+fn line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolError> {
+    match buf.iter().position(|&b| b == b'\r' || b == b'\n') {
+        None => Ok(None),
+        Some(i) if buf[i] == b'\n' => Err(ProtocolError("line ended by LF without CR")),
+        Some(i) => match buf.get(i + 1) {
+            None => Ok(None),
+            Some(b'\n') => Ok(Some((&buf[..i], i + 2))),
+            Some(_) => Err(ProtocolError("CR not followed by LF")),
+        },
+    }
+}
+
+/// A RESP integer: an optional `-`, then 1 to 19 ASCII digits, no overflow.
+fn integer(line: &[u8]) -> Result<i64, ProtocolError> {
+    const BAD: ProtocolError = ProtocolError("malformed integer");
+    let (negative, digits) = match line.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, line),
+    };
+    if digits.is_empty() {
+        return Err(BAD);
+    }
+    let mut value: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return Err(BAD);
+        }
+        let digit = i64::from(d - b'0');
+        // Accumulate negatively so that i64::MIN parses too.
+        value = value
+            .checked_mul(10)
+            .and_then(|v| v.checked_sub(digit))
+            .ok_or(BAD)?;
+    }
+    if negative {
+        Ok(value)
+    } else {
+        value.checked_neg().ok_or(BAD)
+    }
+}
+
+/// A bulk or array length: `-1` is the null reply (`None`); any other
+/// negative, or anything over [`MAX_REPLY`], is refused before we wait for
+/// the bytes (an array element takes at least 3 bytes, so the same bound caps
+/// array counts).
+fn length(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
+    match integer(line)? {
+        -1 => Ok(None),
+        n if n < 0 => Err(ProtocolError("negative length")),
+        n if n > MAX_REPLY as i64 => Err(ProtocolError("reply larger than the decoder's cap")),
+        // Cannot truncate: 0 <= n <= MAX_REPLY.
+        n => Ok(Some(n as usize)),
+    }
+}
+
+/// Appends one command, as an array of bulk strings, to `buf`.
+///
+/// Allocation-free once `buf` has the capacity: lengths are formatted on the
+/// stack by `itoa`.
+pub(crate) fn encode(buf: &mut BytesMut, args: &[&[u8]]) {
+    let mut num = itoa::Buffer::new();
+    buf.put_u8(b'*');
+    buf.put_slice(num.format(args.len()).as_bytes());
+    buf.put_slice(b"\r\n");
+    for arg in args {
+        buf.put_u8(b'$');
+        buf.put_slice(num.format(arg.len()).as_bytes());
+        buf.put_slice(b"\r\n");
+        buf.put_slice(arg);
+        buf.put_slice(b"\r\n");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(bytes: &[u8]) -> (Reply<'_>, usize) {
+        match parse(bytes) {
+            Ok(Parse::Complete(reply, used)) => (reply, used),
+            other => panic!("{bytes:?} did not decode: {other:?}"),
+        }
+    }
+
+    fn error(bytes: &[u8]) -> &'static str {
+        match parse(bytes) {
+            Err(ProtocolError(msg)) => msg,
+            other => panic!("{bytes:?} should be refused, got {other:?}"),
+        }
+    }
+
+    /// The replies our commands get, decoded to the right kind and length.
+    #[test]
+    fn decodes_each_reply_kind() {
+        assert_eq!(complete(b"+OK\r\n"), (Reply::Simple(b"OK"), 5));
+        assert_eq!(
+            complete(b"-ERR wrong\r\n+OK\r\n"),
+            (Reply::Error(b"ERR wrong"), 12)
+        );
+        assert_eq!(complete(b":1\r\n"), (Reply::Integer(1), 4));
+        assert_eq!(complete(b":-42\r\n"), (Reply::Integer(-42), 6));
+        assert_eq!(complete(b"$-1\r\n"), (Reply::Nil, 5));
+        assert_eq!(complete(b"*-1\r\n"), (Reply::Nil, 5));
+        assert_eq!(complete(b"$3\r\nabc\r\n"), (Reply::Bulk(b"abc"), 9));
+        assert_eq!(complete(b"$0\r\n\r\n"), (Reply::Bulk(b""), 6));
+        assert_eq!(
+            complete(b"*2\r\n:1\r\n$1\r\nx\r\n:9\r\n"),
+            (Reply::Array(2), 15)
+        );
+    }
+
+    /// Bulk payloads are binary: CR, LF and NUL inside are data.
+    #[test]
+    fn bulk_payload_is_binary_safe() {
+        assert_eq!(
+            complete(b"$4\r\n\r\n\0\xff\r\n"),
+            (Reply::Bulk(b"\r\n\0\xff"), 10)
+        );
+    }
+
+    /// Every strict prefix of a valid reply is incomplete, never an error.
+    #[test]
+    fn every_prefix_is_incomplete() {
+        let whole: &[u8] = b"*3\r\n$5\r\nhello\r\n:7\r\n*1\r\n+OK\r\n";
+        for cut in 0..whole.len() {
+            assert_eq!(parse(&whole[..cut]), Ok(Parse::Incomplete), "cut at {cut}");
+        }
+        assert_eq!(complete(whole), (Reply::Array(3), whole.len()));
+    }
+
+    /// Hostile lengths are refused from the header alone.
+    #[test]
+    fn refuses_hostile_lengths_before_waiting_for_data() {
+        assert_eq!(
+            error(b"$10000000000\r\n"),
+            "reply larger than the decoder's cap"
+        );
+        assert_eq!(
+            error(b"*2147483648\r\n"),
+            "reply larger than the decoder's cap"
+        );
+        assert_eq!(error(b"$-5\r\n"), "negative length");
+        assert_eq!(error(b"$99999999999999999999\r\n"), "malformed integer");
+        assert_eq!(error(b"*-2\r\n"), "negative length");
+    }
+
+    /// Malformed framing is refused, not guessed at.
+    #[test]
+    fn refuses_malformed_framing() {
+        assert_eq!(error(b"!3\r\nabc\r\n"), "unknown reply type");
+        assert_eq!(error(b"+OK\n"), "line ended by LF without CR");
+        assert_eq!(error(b"+OK\rX"), "CR not followed by LF");
+        assert_eq!(
+            error(b"$3\r\nabcde\r\n"),
+            "bulk string not terminated by CRLF"
+        );
+        assert_eq!(error(b":\r\n"), "malformed integer");
+        assert_eq!(error(b":-\r\n"), "malformed integer");
+        assert_eq!(error(b":1x\r\n"), "malformed integer");
+        assert_eq!(error(b":+1\r\n"), "malformed integer");
+    }
+
+    /// Integers cover the whole i64 range and nothing beyond.
+    #[test]
+    fn integer_limits() {
+        assert_eq!(
+            complete(b":9223372036854775807\r\n").0,
+            Reply::Integer(i64::MAX)
+        );
+        assert_eq!(
+            complete(b":-9223372036854775808\r\n").0,
+            Reply::Integer(i64::MIN)
+        );
+        assert_eq!(error(b":9223372036854775808\r\n"), "malformed integer");
+    }
+
+    /// Nesting is bounded so the decoder's recursion is.
+    #[test]
+    fn refuses_deep_nesting() {
+        let mut deep = Vec::new();
+        for _ in 0..=MAX_DEPTH {
+            deep.extend_from_slice(b"*1\r\n");
+        }
+        deep.extend_from_slice(b":1\r\n");
+        assert_eq!(error(&deep), "arrays nested too deeply");
+        // One level less is fine.
+        assert!(matches!(
+            parse(&deep[4..]),
+            Ok(Parse::Complete(Reply::Array(1), _))
+        ));
+    }
+
+    /// A command is encoded as an array of bulk strings, binary-safe.
+    #[test]
+    fn encodes_commands_as_bulk_arrays() {
+        let mut buf = BytesMut::new();
+        encode(&mut buf, &[b"SET", b"k\r\n", b"", b"PX", b"100"]);
+        assert_eq!(
+            &buf[..],
+            b"*5\r\n$3\r\nSET\r\n$3\r\nk\r\n\r\n$0\r\n\r\n$2\r\nPX\r\n$3\r\n100\r\n"
+        );
+    }
+}

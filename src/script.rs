@@ -1,0 +1,224 @@
+//! The three lock operations as Redis commands: acquire is `SET NX PX`,
+//! release and extend are Lua scripts called by SHA (`EVALSHA`), with `EVAL`
+//! as the fallback when a server answers `NOSCRIPT` (restarted without
+//! persistence, `SCRIPT FLUSH`, failover). `EVAL` also puts the script back in
+//! the server's cache, so the next `EVALSHA` works again.
+//!
+//! Script text is constant: keys and tokens travel as `KEYS`/`ARGV`, never
+//! spliced into Lua.
+
+use std::sync::LazyLock;
+
+use bytes::BytesMut;
+
+use crate::error::{Failure, ServerText};
+use crate::resp::{self, Reply};
+use crate::token::Token;
+
+/// Compare-and-delete: deletes the key only if it still holds our token.
+pub(crate) const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
+
+/// Compare-and-pexpire: renews the key only if it still holds our token.
+pub(crate) const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+
+/// Length of a hex SHA1.
+const SHA_LEN: usize = 40;
+
+/// The SHA1 of each script, computed once per process by the `redis` crate.
+pub(crate) struct Shas {
+    pub(crate) release: [u8; SHA_LEN],
+    pub(crate) extend: [u8; SHA_LEN],
+}
+
+pub(crate) static SHAS: LazyLock<Shas> = LazyLock::new(|| Shas {
+    release: sha_of(RELEASE),
+    extend: sha_of(EXTEND),
+});
+
+fn sha_of(src: &str) -> [u8; SHA_LEN] {
+    let mut sha = [0u8; SHA_LEN];
+    sha.copy_from_slice(redis::Script::new(src).get_hash().as_bytes());
+    sha
+}
+
+/// One lock operation, with what it needs besides the key and token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Op {
+    /// `SET key token NX PX ttl`
+    Acquire { ttl_ms: u64 },
+    /// The release script.
+    Release,
+    /// The extend script with a new TTL.
+    Extend { ttl_ms: u64 },
+}
+
+/// A node's definite answer to an operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Vote {
+    /// Granted, released or extended.
+    Yes,
+    /// Not: the key is held by another token, or is gone.
+    No,
+}
+
+impl Op {
+    /// Appends the command to `buf`. With `full_script`, scripts are sent as
+    /// `EVAL` with their source instead of `EVALSHA`.
+    pub(crate) fn encode(self, buf: &mut BytesMut, key: &[u8], token: &Token, full_script: bool) {
+        let mut num = itoa::Buffer::new();
+        let shas = &*SHAS;
+        match self {
+            Op::Acquire { ttl_ms } => resp::encode(
+                buf,
+                &[
+                    b"SET",
+                    key,
+                    token.as_bytes(),
+                    b"NX",
+                    b"PX",
+                    num.format(ttl_ms).as_bytes(),
+                ],
+            ),
+            Op::Release if full_script => resp::encode(
+                buf,
+                &[b"EVAL", RELEASE.as_bytes(), b"1", key, token.as_bytes()],
+            ),
+            Op::Release => resp::encode(
+                buf,
+                &[b"EVALSHA", &shas.release, b"1", key, token.as_bytes()],
+            ),
+            Op::Extend { ttl_ms } => {
+                let (verb, script): (&[u8], &[u8]) = if full_script {
+                    (b"EVAL", EXTEND.as_bytes())
+                } else {
+                    (b"EVALSHA", &shas.extend)
+                };
+                let ttl = num.format(ttl_ms).as_bytes();
+                resp::encode(buf, &[verb, script, b"1", key, token.as_bytes(), ttl]);
+            }
+        }
+    }
+
+    /// Reads a node's reply as a vote, or as the reason it is not one.
+    pub(crate) fn interpret(self, reply: Reply<'_>) -> Result<Vote, Failure> {
+        match (self, reply) {
+            (_, Reply::Error(text)) => Err(server_error(text)),
+            (Op::Acquire { .. }, Reply::Simple(b"OK")) => Ok(Vote::Yes),
+            (Op::Acquire { .. }, Reply::Nil) => Ok(Vote::No),
+            (Op::Acquire { .. }, _) => Err(Failure::Protocol("unexpected reply to SET NX PX")),
+            (_, Reply::Integer(1)) => Ok(Vote::Yes),
+            (_, Reply::Integer(0)) => Ok(Vote::No),
+            (_, _) => Err(Failure::Protocol("unexpected reply to the lock script")),
+        }
+    }
+}
+
+/// A server error reply: authentication problems are told apart because they
+/// are configuration errors, not passing trouble.
+pub(crate) fn server_error(text: &[u8]) -> Failure {
+    let text = ServerText::new(text);
+    if text.starts_with(b"NOAUTH") || text.starts_with(b"WRONGPASS") {
+        Failure::Auth(text)
+    } else {
+        Failure::Server(text)
+    }
+}
+
+/// Whether a failure is the server saying it does not know the script.
+pub(crate) fn is_noscript(failure: &Failure) -> bool {
+    matches!(failure, Failure::Server(text) if text.starts_with(b"NOSCRIPT"))
+}
+
+/// Appends `SCRIPT LOAD` for both scripts (sent when a connection is made).
+pub(crate) fn encode_load(buf: &mut BytesMut) {
+    resp::encode(buf, &[b"SCRIPT", b"LOAD", RELEASE.as_bytes()]);
+    resp::encode(buf, &[b"SCRIPT", b"LOAD", EXTEND.as_bytes()]);
+}
+
+/// Checks a `SCRIPT LOAD` reply: the server must report the SHA we will use.
+pub(crate) fn check_loaded(reply: Reply<'_>, expected: &[u8; SHA_LEN]) -> Result<(), Failure> {
+    match reply {
+        Reply::Bulk(sha) if sha.eq_ignore_ascii_case(expected) => Ok(()),
+        Reply::Error(text) => Err(server_error(text)),
+        _ => Err(Failure::Protocol("unexpected reply to SCRIPT LOAD")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The SHAs are those Redis computes (checked against redis-server 7.0
+    /// by the integration tests too; here against redis-rs's own hashing).
+    #[test]
+    fn shas_are_lowercase_hex_sha1() {
+        for sha in [SHAS.release, SHAS.extend] {
+            assert!(
+                sha.iter()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+            );
+        }
+        assert_ne!(SHAS.release, SHAS.extend);
+    }
+
+    /// SET NX PX is sent with the token and the TTL in milliseconds.
+    #[test]
+    fn acquire_encoding() {
+        let token = Token::random().expect("rng");
+        let mut buf = BytesMut::new();
+        Op::Acquire { ttl_ms: 1500 }.encode(&mut buf, b"k", &token, false);
+        let mut expected = b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$32\r\n".to_vec();
+        expected.extend_from_slice(token.as_bytes());
+        expected.extend_from_slice(b"\r\n$2\r\nNX\r\n$2\r\nPX\r\n$4\r\n1500\r\n");
+        assert_eq!(&buf[..], &expected[..]);
+    }
+
+    /// Release goes by SHA normally and by source after NOSCRIPT.
+    #[test]
+    fn release_encoding_by_sha_and_by_source() {
+        let token = Token::random().expect("rng");
+        let mut buf = BytesMut::new();
+        Op::Release.encode(&mut buf, b"k", &token, false);
+        assert!(buf.starts_with(b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n"));
+        assert!(buf.windows(40).any(|w| w == SHAS.release));
+        buf.clear();
+        Op::Extend { ttl_ms: 7 }.encode(&mut buf, b"k", &token, true);
+        assert!(buf.starts_with(b"*6\r\n$4\r\nEVAL\r\n"));
+        assert!(buf.ends_with(b"$1\r\n7\r\n"));
+    }
+
+    #[test]
+    fn votes_and_failures() {
+        let acquire = Op::Acquire { ttl_ms: 1 };
+        assert_eq!(
+            acquire.interpret(Reply::Simple(b"OK")).ok(),
+            Some(Vote::Yes)
+        );
+        assert_eq!(acquire.interpret(Reply::Nil).ok(), Some(Vote::No));
+        assert!(matches!(
+            acquire.interpret(Reply::Integer(1)),
+            Err(Failure::Protocol(_))
+        ));
+        assert_eq!(
+            Op::Release.interpret(Reply::Integer(1)).ok(),
+            Some(Vote::Yes)
+        );
+        assert_eq!(
+            Op::Release.interpret(Reply::Integer(0)).ok(),
+            Some(Vote::No)
+        );
+        // `+OK` to EVALSHA is a protocol error, not a vote.
+        assert!(matches!(
+            Op::Release.interpret(Reply::Simple(b"OK")),
+            Err(Failure::Protocol(_))
+        ));
+        let noscript = Op::Release
+            .interpret(Reply::Error(b"NOSCRIPT No matching script."))
+            .expect_err("error reply");
+        assert!(is_noscript(&noscript));
+        let auth = acquire
+            .interpret(Reply::Error(b"NOAUTH Authentication required."))
+            .expect_err("error reply");
+        assert!(matches!(auth, Failure::Auth(_)));
+    }
+}

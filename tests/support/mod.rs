@@ -1,0 +1,247 @@
+//! Test support: real `redis-server` processes on free loopback ports.
+//!
+//! Shared by the integration tests, the benches and the examples through
+//! `#[path = "../tests/support/mod.rs"] mod support;`; not every user needs
+//! every helper.
+// Each test crate uses a different subset of the helpers, and the helpers are
+// `pub` for the crates that include this module.
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// Environment variable naming the `redis-server` binary to run.
+pub const SERVER_ENV: &str = "REDLEASE_REDIS_SERVER";
+
+/// How to get `redis-server` when it is missing.
+pub const INSTALL_HINT: &str = "redis-server not found: install it with `sudo apt-get install redis-server` \
+     (or `brew install redis`), or point REDLEASE_REDIS_SERVER at the binary";
+
+/// A throwaway `redis-server`: no persistence, its own directory and log
+/// file, `DEBUG` allowed from loopback. Killed (by its pid) when dropped.
+pub struct RedisServer {
+    child: Option<Child>,
+    /// The port it listens on, on 127.0.0.1.
+    pub port: u16,
+    dir: PathBuf,
+    extra: Vec<String>,
+}
+
+static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
+
+impl RedisServer {
+    /// Starts a server with the default settings.
+    pub fn start() -> RedisServer {
+        RedisServer::start_with(&[])
+    }
+
+    /// Starts a server with extra `redis-server` arguments
+    /// (`["--requirepass", "x"]`).
+    pub fn start_with(extra: &[&str]) -> RedisServer {
+        let dir = std::env::temp_dir().join(format!(
+            "redlease-test-{}-{}",
+            std::process::id(),
+            NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        let mut server = RedisServer {
+            child: None,
+            port: 0,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        // A port picked free can be taken before the server binds it: then
+        // redis-server exits with "Address already in use" and we try another.
+        for _ in 0..20 {
+            server.port = free_port();
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!(
+            "redis-server did not start in 20 tries; see {}",
+            server.log_path().display()
+        );
+    }
+
+    /// Starts `n` independent servers.
+    pub fn start_many(n: usize) -> Vec<RedisServer> {
+        (0..n).map(|_| RedisServer::start()).collect()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    /// Starts the process on `self.port`; `false` if the port was taken.
+    fn spawn(&mut self) -> bool {
+        let binary = std::env::var(SERVER_ENV).unwrap_or_else(|_| "redis-server".into());
+        let port = self.port.to_string();
+        let log = self.log_path();
+        let _ = std::fs::remove_file(&log);
+        let mut cmd = Command::new(&binary);
+        cmd.args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--daemonize", "no", "--enable-debug-command", "local"])
+        .arg("--dir")
+        .arg(&self.dir)
+        .arg("--logfile")
+        .arg(&log)
+        .args(&self.extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(e) => panic!("cannot run {binary}: {e}"),
+        };
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+                if log.contains("Address already in use") {
+                    return false;
+                }
+                panic!("redis-server exited with {status}; its log:\n{log}");
+            }
+            if self.answers_ping() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "redis-server on port {} did not answer PING within 10 s",
+            self.port
+        );
+    }
+
+    fn answers_ping(&self) -> bool {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut buf = [0u8; 64];
+        // With --requirepass the server answers NOAUTH: it is up all the same.
+        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0)
+    }
+
+    /// `redis://127.0.0.1:port`
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// A redis-rs connection, to look at what the library did.
+    pub fn client(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .expect("url")
+            .get_connection()
+            .expect("connect to the test server")
+    }
+
+    /// Runs one command through redis-rs and returns its reply.
+    pub fn cmd<T: redis::FromRedisValue>(&self, args: &[&[u8]]) -> T {
+        let mut cmd = redis::cmd(std::str::from_utf8(args[0]).expect("command name"));
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        cmd.query(&mut self.client()).expect("command")
+    }
+
+    /// The value at `key`, if any.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cmd(&[b"GET", key])
+    }
+
+    /// `PTTL key`: -2 when missing, -1 without expiry.
+    pub fn pttl(&self, key: &[u8]) -> i64 {
+        self.cmd(&[b"PTTL", key])
+    }
+
+    /// Kills the process (SIGKILL) and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills and starts again on the same port, empty (no persistence).
+    pub fn restart(&mut self) {
+        self.kill();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.spawn() {
+            assert!(Instant::now() < deadline, "port {} stayed taken", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the process, by its pid.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("server running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // A stopped process must be continued to die promptly.
+            let _ = Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status();
+        }
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .expect("bind an ephemeral port")
+        .port()
+}
+
+/// Runs `f` on a thread and fails the test if it takes longer than `limit`:
+/// for tests whose failure mode would be a hang.
+pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let handle = std::thread::spawn(f);
+    let deadline = Instant::now() + limit;
+    while !handle.is_finished() {
+        assert!(Instant::now() < deadline, "did not finish within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    match handle.join() {
+        Ok(value) => value,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
