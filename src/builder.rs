@@ -36,6 +36,7 @@ pub struct LockManagerBuilder {
     max_ttl: Duration,
     max_key_len: usize,
     lazy: bool,
+    preconnect: usize,
 }
 
 impl Default for LockManagerBuilder {
@@ -51,6 +52,7 @@ impl Default for LockManagerBuilder {
             max_ttl: Duration::from_secs(3600),
             max_key_len: 1024,
             lazy: false,
+            preconnect: 1,
         }
     }
 }
@@ -146,6 +148,15 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Connections [`build`](Self::build) opens to each node up front (when
+    /// not connecting lazily), at most the pool size. Opening them all keeps
+    /// connection setup, and its allocations, out of the first burst of
+    /// locks. Defaults to 1.
+    pub fn preconnect(mut self, connections: usize) -> Self {
+        self.preconnect = connections;
+        self
+    }
+
     /// Validates the settings and the nodes and, unless
     /// [`connect_lazily`](Self::connect_lazily), connects.
     pub fn build(self) -> Result<LockManager> {
@@ -181,7 +192,7 @@ impl LockManagerBuilder {
             .collect();
         let quorum = Quorum::new(nodes, self.drift_factor, self.io_timeout);
         if !self.lazy {
-            connect_all(&quorum)?;
+            connect_all(&quorum, self.preconnect)?;
         }
         Ok(LockManager::from_inner(Inner {
             quorum,
@@ -214,6 +225,12 @@ impl LockManagerBuilder {
             return Err(Error::invalid(format!(
                 "max_ttl {:?} is outside 10ms..=365 days",
                 self.max_ttl
+            )));
+        }
+        if self.preconnect > self.pool_size {
+            return Err(Error::invalid(format!(
+                "preconnect {} is over pool_size {}",
+                self.preconnect, self.pool_size
             )));
         }
         if !(1..=MAX_KEY_CAP).contains(&self.max_key_len) {
@@ -302,12 +319,18 @@ fn duplicate(first: usize, second: usize, endpoints: &[Endpoint]) -> Error {
 
 /// Opens one connection to every node at once. Fails on configuration
 /// errors anywhere, or when fewer than a quorum answer.
-fn connect_all(quorum: &Quorum) -> Result<()> {
+fn connect_all(quorum: &Quorum, preconnect: usize) -> Result<()> {
     let results: Vec<std::result::Result<Option<[u8; 40]>, Failure>> = std::thread::scope(|s| {
         let handles: Vec<_> = quorum
             .nodes
             .iter()
-            .map(|node| s.spawn(move || node.run_id()))
+            .map(|node| {
+                s.spawn(move || {
+                    let run_id = node.run_id()?;
+                    node.preconnect(preconnect)?;
+                    Ok(run_id)
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -411,6 +434,7 @@ mod tests {
         assert!(invalid(one().pool_size(0)).contains("pool_size"));
         assert!(invalid(one().max_ttl(Duration::from_secs(400 * 86400))).contains("max_ttl"));
         assert!(invalid(one().max_key_len(0)).contains("max_key_len"));
+        assert!(invalid(one().pool_size(2).preconnect(3)).contains("preconnect"));
     }
 
     #[test]

@@ -41,6 +41,8 @@
 //! again after `NOSCRIPT`. Tokens and passwords never appear in log records.
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+// The library never prints: it logs through `log`.
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod builder;
@@ -60,3 +62,8 @@ pub use error::{Error, Result};
 pub use lock::Lock;
 pub use manager::LockManager;
 pub use retry::RetryPolicy;
+
+/// Compiles the README's examples as doctests, so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -26,6 +26,8 @@ pub struct Lock {
     key: SmallVec<[u8; INLINE_KEY]>,
     token: Token,
     valid_until: Instant,
+    /// Attempts it took to acquire.
+    attempts: u32,
     /// Set once the lock is known not to be ours any more, or was released:
     /// `Drop` then has nothing to do.
     done: bool,
@@ -37,12 +39,14 @@ impl Lock {
         key: &[u8],
         token: Token,
         valid_until: Instant,
+        attempts: u32,
     ) -> Lock {
         Lock {
             manager,
             key: SmallVec::from_slice(key),
             token,
             valid_until,
+            attempts,
             done: false,
         }
     }
@@ -50,6 +54,12 @@ impl Lock {
     /// The locked key.
     pub fn key(&self) -> &[u8] {
         &self.key
+    }
+
+    /// How many attempts it took to acquire: 1 for `try_lock`, and for a
+    /// `lock` that got it at once; more when it had to wait.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
     }
 
     /// How long the lock is still valid by this process's monotonic clock;
@@ -145,6 +155,7 @@ impl fmt::Debug for Lock {
             .field("key", &self.key.escape_ascii().to_string())
             .field("token", &self.token)
             .field("remaining", &self.remaining())
+            .field("attempts", &self.attempts)
             .finish()
     }
 }

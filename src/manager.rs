@@ -87,7 +87,7 @@ impl LockManager {
     pub fn try_lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Option<Lock>> {
         let key = key.as_ref();
         let ttl = self.inner.check(key, ttl)?;
-        self.attempt(key, ttl)
+        self.attempt(key, ttl, 1)
     }
 
     /// Takes the lock, waiting by the manager's retry policy while another
@@ -151,14 +151,15 @@ impl LockManager {
         policy: &RetryPolicy,
         deadline: Option<Instant>,
     ) -> Result<Result<Lock, u32>> {
-        let outcome =
-            retry::retry_with_index(policy.delays(deadline), |_| match self.attempt(key, ttl) {
+        let outcome = retry::retry_with_index(policy.delays(deadline), |attempt| {
+            match self.attempt(key, ttl, attempt) {
                 Ok(Some(lock)) => OperationResult::Ok(lock),
                 // Contended: retry, remembering no error.
                 Ok(None) => OperationResult::Retry(None),
                 Err(e) if e.is_retryable() => OperationResult::Retry(Some(e)),
                 Err(e) => OperationResult::Err(Some(e)),
-            });
+            }
+        });
         match outcome {
             Ok(lock) => Ok(Ok(lock)),
             Err(retry::Error { error: Some(e), .. }) => Err(e),
@@ -166,12 +167,19 @@ impl LockManager {
         }
     }
 
-    /// One attempt with a fresh token.
-    fn attempt(&self, key: &[u8], ttl: Duration) -> Result<Option<Lock>> {
+    /// One attempt with a fresh token; `attempt` counts from 1.
+    fn attempt(&self, key: &[u8], ttl: Duration, attempt: u64) -> Result<Option<Lock>> {
         let token = Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?;
         match self.inner.quorum.acquire(key, &token, ttl)? {
             Acquired::Granted { valid_until } => {
-                Ok(Some(Lock::new(self.clone(), key, token, valid_until)))
+                let attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
+                Ok(Some(Lock::new(
+                    self.clone(),
+                    key,
+                    token,
+                    valid_until,
+                    attempts,
+                )))
             }
             Acquired::Held => Ok(None),
         }

@@ -184,6 +184,16 @@ impl Node {
         }
     }
 
+    /// Opens connections until `n` are idle in the pool (at most the pool
+    /// size), so that the first burst of locks does not pay for connecting.
+    pub(crate) fn preconnect(&self, n: usize) -> Result<(), Failure> {
+        let mut held = Vec::with_capacity(n);
+        while held.len() < n.min(self.config.max_conns) {
+            held.push(self.checkout(false)?);
+        }
+        Ok(())
+    }
+
     /// The server's `run_id` (from `INFO server`), which tells two addresses
     /// of one server apart from two servers. `None` when the server will not
     /// say (an ACL user without `INFO`).

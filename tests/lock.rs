@@ -40,6 +40,7 @@ fn acquire_contend_release() {
     assert!(lock.remaining() > Duration::from_secs(9));
     assert!(lock.remaining() <= ttl);
     assert_eq!(lock.key(), b"orders:42");
+    assert_eq!(lock.attempts(), 1);
     let pttl = server.pttl(b"orders:42");
     assert!(pttl > 9_000 && pttl <= 10_000, "pttl {pttl}");
 
@@ -246,6 +247,7 @@ fn lock_waits_for_the_holder() {
         .lock("k", Duration::from_secs(10))
         .expect("lock after release");
     assert!(started.elapsed() >= Duration::from_millis(90));
+    assert!(lock.attempts() > 1, "it had to wait: {lock:?}");
     releaser.join().expect("releaser");
     drop(lock);
 }

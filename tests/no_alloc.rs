@@ -1,67 +1,22 @@
 //! The hot path makes no heap allocation in steady state: counted exactly by
 //! a global allocator, in a test binary of its own.
 //!
-//! The counter is per thread, so the test harness's own threads (output
-//! capture, the main thread waiting) cannot disturb the count, and nothing
-//! the library does on the measured thread can hide from it.
-
-// A global allocator is an `unsafe impl`; it only forwards to the system
-// allocator after bumping a thread-local counter.
-#![allow(unsafe_code)]
+//! See `support/alloc.rs` for how counting works.
 
 mod support;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::time::Duration;
 
 use redlease::LockManager;
 use support::RedisServer;
-
-struct CountingAllocator;
-
-thread_local! {
-    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn bump() {
-    // `try_with`: the thread-local may already be gone while a thread exits.
-    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments
-// unchanged; the counter is a const-initialised thread-local `Cell`, which
-// never allocates.
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded as is.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
-        // SAFETY: forwarded as is.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: forwarded as is.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
+use support::alloc::CountingAllocator;
 
 #[global_allocator]
 static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// Allocations made on this thread by `f`.
 fn allocations(f: impl FnOnce()) -> u64 {
-    let before = ALLOCATIONS.with(Cell::get);
-    f();
-    ALLOCATIONS.with(Cell::get) - before
+    support::alloc::count(f).0
 }
 
 const CYCLES: u64 = 10_000;
@@ -111,11 +66,17 @@ fn hot_path_does_not_allocate() {
             ));
         }
         results.push(per_cycle(&format!("try_lock + drop, {label}"), || {
-            let lock = locks.try_lock(&short, TTL).expect("try_lock").expect("free");
+            let lock = locks
+                .try_lock(&short, TTL)
+                .expect("try_lock")
+                .expect("free");
             drop(lock);
         }));
 
-        let held = locks.try_lock(b"held", TTL).expect("try_lock").expect("free");
+        let held = locks
+            .try_lock(b"held", TTL)
+            .expect("try_lock")
+            .expect("free");
         results.push(per_cycle(&format!("contended try_lock, {label}"), || {
             assert!(locks.try_lock(b"held", TTL).expect("try_lock").is_none());
         }));
@@ -147,7 +108,10 @@ fn the_counter_counts() {
     assert_eq!(n, 1);
     // A key longer than 64 bytes is kept on the heap: one allocation.
     let server = RedisServer::start();
-    let locks = LockManager::builder().node(server.url()).build().expect("build");
+    let locks = LockManager::builder()
+        .node(server.url())
+        .build()
+        .expect("build");
     let key = key_of(65);
     drop(locks.try_lock(&key, TTL).expect("warm up"));
     let n = allocations(|| {

@@ -7,6 +7,8 @@
 // `pub` for the crates that include this module.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod alloc;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -29,6 +31,8 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     extra: Vec<String>,
+    /// Whether the server runs in a process group of its own.
+    own_group: bool,
 }
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
@@ -40,32 +44,50 @@ impl RedisServer {
     }
 
     /// Starts a server with extra `redis-server` arguments
-    /// (`["--requirepass", "x"]`).
+    /// (`["--requirepass", "x"]`). Panics with the install command when
+    /// `redis-server` is missing.
     pub fn start_with(extra: &[&str]) -> RedisServer {
+        RedisServer::try_start_with(extra).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like [`start_with`](Self::start_with), but returns what went wrong.
+    pub fn try_start_with(extra: &[&str]) -> Result<RedisServer, String> {
+        RedisServer::try_start_inner(extra, false)
+    }
+
+    /// Starts a server in a process group of its own, so that a Ctrl-C at
+    /// the terminal reaches only the parent, which then stops the server
+    /// itself (by its pid) after it has finished its work.
+    pub fn try_start_detached(extra: &[&str]) -> Result<RedisServer, String> {
+        RedisServer::try_start_inner(extra, true)
+    }
+
+    fn try_start_inner(extra: &[&str], own_group: bool) -> Result<RedisServer, String> {
         let dir = std::env::temp_dir().join(format!(
             "redlease-test-{}-{}",
             std::process::id(),
             NEXT_DIR.fetch_add(1, Ordering::Relaxed)
         ));
-        std::fs::create_dir_all(&dir).expect("create the server's directory");
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
         let mut server = RedisServer {
             child: None,
             port: 0,
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            own_group,
         };
         // A port picked free can be taken before the server binds it: then
         // redis-server exits with "Address already in use" and we try another.
         for _ in 0..20 {
             server.port = free_port();
-            if server.spawn() {
-                return server;
+            if server.spawn()? {
+                return Ok(server);
             }
         }
-        panic!(
+        Err(format!(
             "redis-server did not start in 20 tries; see {}",
             server.log_path().display()
-        );
+        ))
     }
 
     /// Starts `n` independent servers.
@@ -77,8 +99,8 @@ impl RedisServer {
         self.dir.join("redis.log")
     }
 
-    /// Starts the process on `self.port`; `false` if the port was taken.
-    fn spawn(&mut self) -> bool {
+    /// Starts the process on `self.port`; `Ok(false)` if the port was taken.
+    fn spawn(&mut self) -> Result<bool, String> {
         let binary = std::env::var(SERVER_ENV).unwrap_or_else(|_| "redis-server".into());
         let port = self.port.to_string();
         let log = self.log_path();
@@ -103,10 +125,13 @@ impl RedisServer {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+        if self.own_group {
+            std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        }
         let child = match cmd.spawn() {
             Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
-            Err(e) => panic!("cannot run {binary}: {e}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(INSTALL_HINT.into()),
+            Err(e) => return Err(format!("cannot run {binary}: {e}")),
         };
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -119,19 +144,21 @@ impl RedisServer {
                 self.child = None;
                 let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
                 if log.contains("Address already in use") {
-                    return false;
+                    return Ok(false);
                 }
-                panic!("redis-server exited with {status}; its log:\n{log}");
+                return Err(format!(
+                    "redis-server exited with {status}; its log:\n{log}"
+                ));
             }
             if self.answers_ping() {
-                return true;
+                return Ok(true);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        panic!(
+        Err(format!(
             "redis-server on port {} did not answer PING within 10 s",
             self.port
-        );
+        ))
     }
 
     fn answers_ping(&self) -> bool {
@@ -193,7 +220,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !self.spawn() {
+        while !self.spawn().unwrap_or_else(|e| panic!("{e}")) {
             assert!(Instant::now() < deadline, "port {} stayed taken", self.port);
             std::thread::sleep(Duration::from_millis(20));
         }

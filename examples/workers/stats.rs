@@ -1,0 +1,310 @@
+//! What the workers count, merged into one summary, and how it is shown.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use redlease::Error;
+use serde_json::{Value, json};
+
+/// One worker's tally; merged at the end.
+pub struct Stats {
+    pub acquired: u64,
+    /// Attempts that found the lock held (or failed and were retried).
+    pub contended: u64,
+    /// Attempts beyond the first of each `lock` call.
+    pub retries: u64,
+    /// `lock` calls that ran out of patience (or `try_lock` found it held).
+    pub gave_up: u64,
+    /// Releases that found the lock already expired.
+    pub released_after_expiry: u64,
+    /// Critical sections that ended after the lock's validity.
+    pub outlived_lock: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+    /// Acquire latency, µs, from the call to the lock in hand.
+    pub latency: Histogram<u64>,
+    /// From the previous holder letting go to the next holder having it, µs.
+    pub handoff: Histogram<u64>,
+    /// Heap allocations inside lock/release calls, after warm-up.
+    pub allocations: u64,
+    pub measured_cycles: u64,
+    /// (key index, begin ns, end ns) of each critical section.
+    pub intervals: Vec<(usize, u64, u64)>,
+}
+
+impl Stats {
+    pub fn new() -> Stats {
+        Stats {
+            acquired: 0,
+            contended: 0,
+            retries: 0,
+            gave_up: 0,
+            released_after_expiry: 0,
+            outlived_lock: 0,
+            errors: BTreeMap::new(),
+            latency: histogram(),
+            handoff: histogram(),
+            allocations: 0,
+            measured_cycles: 0,
+            intervals: Vec::new(),
+        }
+    }
+
+    pub fn error(&mut self, e: &Error) {
+        *self.errors.entry(error_kind(e)).or_default() += 1;
+    }
+
+    pub fn merge(&mut self, other: Stats) {
+        self.acquired += other.acquired;
+        self.contended += other.contended;
+        self.retries += other.retries;
+        self.gave_up += other.gave_up;
+        self.released_after_expiry += other.released_after_expiry;
+        self.outlived_lock += other.outlived_lock;
+        for (kind, n) in other.errors {
+            *self.errors.entry(kind).or_default() += n;
+        }
+        // Same bounds on both sides: adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.handoff.add(&other.handoff);
+        self.allocations += other.allocations;
+        self.measured_cycles += other.measured_cycles;
+        self.intervals.extend(other.intervals);
+    }
+
+    pub fn error_count(&self) -> u64 {
+        self.errors.values().sum()
+    }
+
+    /// Pairs of critical sections on the same key that overlap in time.
+    pub fn overlaps(&mut self) -> u64 {
+        self.intervals.sort_unstable();
+        let mut overlaps = 0;
+        let mut last: Option<(usize, u64)> = None;
+        for &(key, begin, end) in &self.intervals {
+            match last {
+                Some((k, latest_end)) if k == key => {
+                    if begin < latest_end {
+                        overlaps += 1;
+                    }
+                    last = Some((key, latest_end.max(end)));
+                }
+                _ => last = Some((key, end)),
+            }
+        }
+        overlaps
+    }
+}
+
+/// 1 µs to 1 hour, 3 significant digits.
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// A short, stable label per error kind.
+pub fn error_kind(e: &Error) -> &'static str {
+    match e {
+        Error::InvalidArgument(_) => "invalid_argument",
+        Error::Unsupported(_) => "unsupported",
+        Error::Held { .. } => "held",
+        Error::WaitTimedOut { .. } => "wait_timed_out",
+        Error::NoQuorum { .. } => "no_quorum",
+        Error::ValidityExpired { .. } => "validity_expired",
+        Error::LockLost => "lock_lost",
+        Error::Io { .. } => "io",
+        Error::Timeout { .. } => "timeout",
+        Error::Protocol { .. } => "protocol",
+        Error::Server { .. } => "server",
+        Error::Auth { .. } => "auth",
+        Error::PoolTimeout { .. } => "pool_timeout",
+        Error::NodeDown { .. } => "node_down",
+        _ => "other",
+    }
+}
+
+/// How the run was set up, for the summary's heading.
+pub struct Setup {
+    pub threads: u32,
+    pub keys: u32,
+    pub nodes: usize,
+    pub embedded: bool,
+    pub redis_version: String,
+    pub ttl: Duration,
+    pub hold: Duration,
+    pub retry: &'static str,
+}
+
+/// The whole result: setup, tallies, and the mutual-exclusion check.
+pub struct Summary {
+    pub setup: Setup,
+    pub elapsed: Duration,
+    pub stats: Stats,
+    pub overlaps: u64,
+    pub lost_updates: u64,
+}
+
+impl Summary {
+    pub fn exclusion_ok(&self) -> bool {
+        self.overlaps == 0 && self.lost_updates == 0
+    }
+
+    fn throughput(&self) -> f64 {
+        self.stats.acquired as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    fn allocations_per_cycle(&self) -> f64 {
+        self.stats.allocations as f64 / self.stats.measured_cycles.max(1) as f64
+    }
+
+    pub fn to_json(&self) -> Value {
+        let s = &self.stats;
+        json!({
+            "setup": {
+                "threads": self.setup.threads,
+                "keys": self.setup.keys,
+                "nodes": self.setup.nodes,
+                "embedded": self.setup.embedded,
+                "redis_version": self.setup.redis_version,
+                "ttl_ms": self.setup.ttl.as_millis() as u64,
+                "hold_us": self.setup.hold.as_micros() as u64,
+                "retry": self.setup.retry,
+            },
+            "elapsed_s": self.elapsed.as_secs_f64(),
+            "acquisitions": s.acquired,
+            "throughput_per_s": self.throughput(),
+            "contended_attempts": s.contended,
+            "retries": s.retries,
+            "gave_up": s.gave_up,
+            "released_after_expiry": s.released_after_expiry,
+            "sections_outliving_lock": s.outlived_lock,
+            "errors": s.errors,
+            "acquire_latency_us": percentiles(&s.latency),
+            "handoff_us": percentiles(&s.handoff),
+            "allocations_per_cycle": self.allocations_per_cycle(),
+            "mutual_exclusion": {
+                "ok": self.exclusion_ok(),
+                "critical_sections": s.intervals.len(),
+                "overlaps": self.overlaps,
+                "lost_updates": self.lost_updates,
+            },
+        })
+    }
+
+    pub fn to_table(&self) -> String {
+        let s = &self.stats;
+        let setup = &self.setup;
+        let nodes = if setup.nodes == 1 {
+            "1 node".to_string()
+        } else {
+            format!("{} nodes (Redlock)", setup.nodes)
+        };
+        let origin = if setup.embedded { "embedded" } else { "given" };
+        let mut out = format!(
+            "redlease workers: {} threads on {} keys, {nodes}, {origin} redis {}\n\
+             ttl {:?}, hold {:?}, retry {}, ran {:.2?}\n\n",
+            setup.threads,
+            setup.keys,
+            setup.redis_version,
+            setup.ttl,
+            setup.hold,
+            setup.retry,
+            self.elapsed
+        );
+        let row = |out: &mut String, name: &str, value: String| {
+            out.push_str(&format!("  {name:<26}{value}\n"));
+        };
+        row(
+            &mut out,
+            "acquisitions",
+            format!("{} ({:.0}/s)", s.acquired, self.throughput()),
+        );
+        row(&mut out, "contended attempts", s.contended.to_string());
+        row(&mut out, "retries", s.retries.to_string());
+        row(&mut out, "gave up", s.gave_up.to_string());
+        let errors = if s.errors.is_empty() {
+            "0".to_string()
+        } else {
+            let kinds: Vec<String> = s.errors.iter().map(|(k, n)| format!("{k}: {n}")).collect();
+            format!("{} ({})", s.error_count(), kinds.join(", "))
+        };
+        row(&mut out, "errors", errors);
+        row(
+            &mut out,
+            "released after expiry",
+            s.released_after_expiry.to_string(),
+        );
+        row(&mut out, "acquire latency", latency_line(&s.latency));
+        row(&mut out, "handoff to next holder", latency_line(&s.handoff));
+        row(
+            &mut out,
+            "allocations per cycle",
+            format!(
+                "{:.3} ({} in {} cycles after warm-up)",
+                self.allocations_per_cycle(),
+                s.allocations,
+                s.measured_cycles
+            ),
+        );
+        let verdict = if self.exclusion_ok() {
+            "ok"
+        } else {
+            "VIOLATED"
+        };
+        row(
+            &mut out,
+            "mutual exclusion",
+            format!(
+                "{verdict}: {} overlaps, {} lost updates in {} critical sections",
+                self.overlaps,
+                self.lost_updates,
+                s.intervals.len()
+            ),
+        );
+        if s.outlived_lock > 0 {
+            row(
+                &mut out,
+                "sections outliving lock",
+                format!("{} (hold too close to ttl?)", s.outlived_lock),
+            );
+        }
+        out
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> Value {
+    if h.is_empty() {
+        return json!({ "count": 0 });
+    }
+    json!({
+        "count": h.len(),
+        "p50": h.value_at_quantile(0.50),
+        "p90": h.value_at_quantile(0.90),
+        "p99": h.value_at_quantile(0.99),
+        "p99.9": h.value_at_quantile(0.999),
+        "max": h.max(),
+    })
+}
+
+fn latency_line(h: &Histogram<u64>) -> String {
+    if h.is_empty() {
+        return "-".into();
+    }
+    let us = |q: f64| format_us(h.value_at_quantile(q));
+    format!(
+        "p50 {}  p90 {}  p99 {}  p99.9 {}  max {}  (n = {})",
+        us(0.50),
+        us(0.90),
+        us(0.99),
+        us(0.999),
+        format_us(h.max()),
+        h.len()
+    )
+}
+
+fn format_us(us: u64) -> String {
+    if us < 10_000 {
+        format!("{us}µs")
+    } else {
+        format!("{:.1}ms", us as f64 / 1000.0)
+    }
+}

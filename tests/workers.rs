@@ -1,0 +1,149 @@
+//! The workers load generator end to end: its embedded servers, its JSON
+//! summary, its mutual-exclusion check, and its errors for bad options.
+//!
+//! `cargo test` builds the examples before running tests; this finds the
+//! `workers` binary next to the test binary (and builds it when only this
+//! test was asked for).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+
+fn workers_binary() -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            // target/<profile>/deps/workers-<hash> -> target/<profile>/examples/workers
+            let exe = std::env::current_exe().expect("test binary path");
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("target dir");
+            let binary = profile_dir.join("examples").join("workers");
+            if !binary.exists() {
+                // `cargo test` builds the examples first; `cargo test --test
+                // workers` does not, so build it the same way here.
+                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+                let mut build = Command::new(cargo);
+                build.args(["build", "--example", "workers"]);
+                if profile_dir.ends_with("release") {
+                    build.arg("--release");
+                }
+                let status = build.status().expect("run cargo build");
+                assert!(status.success(), "cargo build --example workers failed");
+            }
+            binary
+        })
+        .clone()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(workers_binary())
+        .args(args)
+        .env_remove("REDIS_URL")
+        .output()
+        .expect("run the workers example")
+}
+
+fn summary(args: &[&str]) -> Value {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "workers {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the JSON summary")
+}
+
+fn check_clean(s: &Value, nodes: u64) {
+    assert_eq!(s["setup"]["nodes"], nodes);
+    assert_eq!(s["setup"]["embedded"], true);
+    assert!(s["acquisitions"].as_u64().expect("acquisitions") > 0, "{s}");
+    let mx = &s["mutual_exclusion"];
+    assert_eq!(mx["ok"], true, "{s}");
+    assert_eq!(mx["overlaps"], 0, "{s}");
+    assert_eq!(mx["lost_updates"], 0, "{s}");
+    assert_eq!(mx["critical_sections"], s["acquisitions"], "{s}");
+    assert!(s["acquire_latency_us"]["p50"].as_u64().is_some(), "{s}");
+}
+
+/// One embedded node, contended keys, a couple of seconds.
+#[test]
+fn one_node_end_to_end() {
+    let s = summary(&[
+        "--duration",
+        "2s",
+        "--threads",
+        "4",
+        "--keys",
+        "2",
+        "--json",
+    ]);
+    check_clean(&s, 1);
+    assert!(
+        s["contended_attempts"].as_u64().expect("count") > 0,
+        "4 threads on 2 keys must contend: {s}"
+    );
+}
+
+/// Three embedded nodes (Redlock), bounded by a count.
+#[test]
+fn three_nodes_end_to_end() {
+    let s = summary(&[
+        "--nodes",
+        "3",
+        "--duration",
+        "5s",
+        "--count",
+        "300",
+        "--retry",
+        "fixed",
+        "--json",
+    ]);
+    check_clean(&s, 3);
+    let n = s["acquisitions"].as_u64().expect("count");
+    assert!((300..300 + 8).contains(&n), "count bounds the run: {n}");
+}
+
+/// Without retries a held lock is a gave-up, not an error.
+#[test]
+fn no_retry_counts_gave_ups() {
+    let s = summary(&[
+        "--duration",
+        "1s",
+        "--threads",
+        "4",
+        "--keys",
+        "1",
+        "--retry",
+        "none",
+        "--json",
+    ]);
+    check_clean(&s, 1);
+    assert!(s["gave_up"].as_u64().expect("count") > 0, "{s}");
+    assert_eq!(s["errors"], serde_json::json!({}), "{s}");
+}
+
+/// Bad options: one line on stderr, exit status 2, no panic.
+#[test]
+fn bad_options_fail_cleanly() {
+    let cases: [&[&str]; 6] = [
+        &["--threads", "0"],
+        &["--ttl", "0s"],
+        &["--ttl", "1s", "--hold", "1s"],
+        &["--url", "redis://127.0.0.1:1"],
+        &["--url", "not a url"],
+        &["--no-such-option"],
+    ];
+    for args in cases {
+        let out = run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
