@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 
 use crate::error::Failure;
-use crate::resp::{self, MAX_REPLY, Parse, Reply};
+use crate::resp::{self, ReadBuf, Reply};
 use crate::script::{self, SHAS};
 
 /// Write buffer capacity reserved at connect: fits every lock command for
@@ -80,11 +80,8 @@ pub(crate) struct Conn {
     wbuf: BytesMut,
     /// Replies are read here. Fixed size: replies to our commands are tiny,
     /// and a fixed buffer is also the cap on what a hostile server can make
-    /// us hold. Zeroed once at connect (reading needs initialised memory).
-    rbuf: Box<[u8]>,
-    /// Unparsed bytes are `rbuf[rstart..rend]`.
-    rstart: usize,
-    rend: usize,
+    /// us hold.
+    rbuf: ReadBuf,
     /// The read timeout currently set on the socket.
     read_timeout: Duration,
     /// Set on any failure that leaves the stream in an unknown state.
@@ -116,9 +113,7 @@ impl Conn {
         let mut conn = Conn {
             stream,
             wbuf: BytesMut::with_capacity(WRITE_CAPACITY),
-            rbuf: vec![0u8; MAX_REPLY].into_boxed_slice(),
-            rstart: 0,
-            rend: 0,
+            rbuf: ReadBuf::new(),
             read_timeout: timeouts.io,
             broken: false,
             reused: false,
@@ -207,20 +202,12 @@ impl Conn {
     pub(crate) fn recv_with<T>(
         &mut self,
         deadline: Instant,
-        read: impl FnOnce(Reply<'_>) -> T,
+        mut read: impl FnMut(Reply<'_>) -> T,
     ) -> Result<T, Failure> {
         loop {
-            match resp::parse(&self.rbuf[self.rstart..self.rend]) {
-                Ok(Parse::Complete(reply, used)) => {
-                    let out = read(reply);
-                    self.rstart += used;
-                    if self.rstart == self.rend {
-                        self.rstart = 0;
-                        self.rend = 0;
-                    }
-                    return Ok(out);
-                }
-                Ok(Parse::Incomplete) => {
+            match self.rbuf.take(&mut read) {
+                Ok(Some(out)) => return Ok(out),
+                Ok(None) => {
                     if let Err(failure) = self.fill(deadline) {
                         return Err(self.fail(failure));
                     }
@@ -232,48 +219,23 @@ impl Conn {
 
     /// Reads more bytes into the buffer.
     fn fill(&mut self, deadline: Instant) -> Result<(), Failure> {
-        if self.rend == self.rbuf.len() {
-            if self.rstart == 0 {
-                return Err(Failure::Protocol("reply larger than the decoder's cap"));
-            }
-            self.rbuf.copy_within(self.rstart..self.rend, 0);
-            self.rend -= self.rstart;
-            self.rstart = 0;
-        }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let n = if remaining.is_zero() {
-            self.read_without_waiting()?
+        if remaining.is_zero() {
+            self.stream.set_nonblocking(true)?;
+            let result = read_into(&mut self.stream, &mut self.rbuf);
+            self.stream.set_nonblocking(false)?;
+            // Past the deadline a reply may still be waiting in the socket:
+            // take it if it is there, never block for it.
+            result?;
         } else {
             if self.read_timeout.abs_diff(remaining) > TIMEOUT_SLACK {
                 self.stream.set_read_timeout(Some(remaining))?;
                 self.read_timeout = remaining;
             }
-            self.read_retrying()?
-        };
-        if n == 0 {
-            return Err(Failure::Closed);
+            read_into(&mut self.stream, &mut self.rbuf)?;
         }
         self.got_reply_bytes = true;
-        self.rend += n;
         Ok(())
-    }
-
-    fn read_retrying(&mut self) -> io::Result<usize> {
-        loop {
-            match self.stream.read(&mut self.rbuf[self.rend..]) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other,
-            }
-        }
-    }
-
-    /// Past the deadline a reply may still be waiting in the socket: take it
-    /// if it is there, never block for it.
-    fn read_without_waiting(&mut self) -> Result<usize, Failure> {
-        self.stream.set_nonblocking(true)?;
-        let result = self.read_retrying();
-        self.stream.set_nonblocking(false)?;
-        Ok(result?)
     }
 
     /// Records a failure; every failure seen here breaks the connection.
@@ -296,8 +258,24 @@ impl Conn {
 
     /// Ready for the pool: no stale bytes, no half-read reply.
     pub(crate) fn is_clean(&self) -> bool {
-        !self.broken && self.rstart == self.rend
+        !self.broken && self.rbuf.is_empty()
     }
+}
+
+/// One `read` into the buffer's free space; end of stream is a failure.
+fn read_into(stream: &mut TcpStream, rbuf: &mut ReadBuf) -> Result<(), Failure> {
+    let spare = rbuf.spare()?;
+    let n = loop {
+        match stream.read(spare) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other?,
+        }
+    };
+    if n == 0 {
+        return Err(Failure::Closed);
+    }
+    rbuf.filled(n);
+    Ok(())
 }
 
 fn expect_ok(reply: Reply<'_>) -> Result<(), Failure> {

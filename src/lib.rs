@@ -48,6 +48,9 @@
 mod builder;
 mod conn;
 mod error;
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub mod internals;
 mod lock;
 mod manager;
 mod node;

@@ -188,7 +188,7 @@ impl LockManager {
 
 impl Inner {
     /// Validates a key and a TTL; returns the TTL in whole milliseconds.
-    fn check(&self, key: &[u8], ttl: Duration) -> Result<Duration> {
+    pub(crate) fn check(&self, key: &[u8], ttl: Duration) -> Result<Duration> {
         if key.is_empty() {
             return Err(Error::invalid("key is empty"));
         }

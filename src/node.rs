@@ -49,7 +49,11 @@ pub(crate) struct Node {
 
 struct State {
     /// Connections ready for use, most recently used last.
-    idle: Vec<Conn>,
+    // Boxed on purpose: taking and returning one moves a pointer rather than
+    // the ~100-byte connection through the pool, the guard and the quorum's
+    // slots on every operation.
+    #[allow(clippy::vec_box)]
+    idle: Vec<Box<Conn>>,
     /// Connections in existence: idle, in use, or being opened.
     open: usize,
     /// While set and in the future, the node is skipped.
@@ -105,6 +109,7 @@ impl Node {
                 return Ok(Checkout {
                     node: self,
                     conn: Some(conn),
+                    slow: deadline.is_some(),
                 });
             }
             if state.open < self.config.max_conns {
@@ -129,7 +134,8 @@ impl Node {
                 self.mark_up();
                 Ok(Checkout {
                     node: self,
-                    conn: Some(conn),
+                    conn: Some(Box::new(conn)),
+                    slow: true,
                 })
             }
             Err(failure) => {
@@ -144,7 +150,7 @@ impl Node {
         }
     }
 
-    fn give_back(&self, mut conn: Conn) {
+    fn give_back(&self, mut conn: Box<Conn>) {
         let mut state = self.state.lock();
         if conn.is_clean() {
             conn.reused = true;
@@ -218,7 +224,10 @@ impl Node {
 /// broken) when dropped.
 pub(crate) struct Checkout<'a> {
     node: &'a Node,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
+    /// Whether taking it took real time: a wait for a free connection, or
+    /// opening a new one.
+    pub(crate) slow: bool,
 }
 
 impl fmt::Debug for Checkout<'_> {

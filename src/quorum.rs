@@ -28,8 +28,9 @@ const DRIFT_FIXED: Duration = Duration::from_millis(2);
 #[derive(Debug)]
 pub(crate) struct Quorum {
     pub(crate) nodes: Box<[Node]>,
-    /// Clock-drift allowance per unit of TTL.
-    drift_factor: f64,
+    /// Clock-drift allowance per unit of TTL, in parts per billion: integer
+    /// arithmetic on the hot path instead of `Duration::mul_f64`.
+    drift_ppb: u64,
     /// Deadline for each operation's replies, from its first write.
     io_timeout: Duration,
 }
@@ -88,7 +89,8 @@ impl Quorum {
         debug_assert!(!nodes.is_empty() && nodes.len() <= MAX_NODES);
         Quorum {
             nodes,
-            drift_factor,
+            // Cannot truncate: the builder keeps the factor within [0, 0.5).
+            drift_ppb: (drift_factor * 1e9).round() as u64,
             io_timeout,
         }
     }
@@ -100,7 +102,8 @@ impl Quorum {
 
     /// The clock-drift allowance for a TTL: `ttl × factor + 2 ms`.
     pub(crate) fn drift(&self, ttl: Duration) -> Duration {
-        ttl.mul_f64(self.drift_factor) + DRIFT_FIXED
+        let nanos = ttl.as_nanos() * u128::from(self.drift_ppb) / 1_000_000_000;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)) + DRIFT_FIXED
     }
 
     fn all(&self) -> u64 {
@@ -222,18 +225,25 @@ impl Quorum {
     /// Runs `op` on the nodes in `targets`: check out, write all, read all.
     fn run(&self, op: Op, key: &[u8], token: &Token, targets: u64) -> Tally {
         let mut conns: Conns<'_> = SmallVec::new();
+        // The validity clock starts before anything is sent. Reading it
+        // before the checkouts is conservative (validity can only come out
+        // shorter) and saves a clock read; it is read again only if a
+        // checkout took real time (waited for the pool, or connected).
+        let now = Instant::now();
         let mut tally = Tally {
             yes: 0,
             no: 0,
             first_failure: None,
-            start: Instant::now(),
-            end: Instant::now(),
+            start: now,
+            end: now,
         };
+        let mut slow = false;
         for (i, node) in self.nodes.iter().enumerate() {
             let mut slot = None;
             if targets & (1 << i) != 0 {
                 match node.checkout(false) {
                     Ok(mut conn) => {
+                        slow |= conn.slow;
                         op.encode(conn.request(), key, token, false);
                         slot = Some(conn);
                     }
@@ -242,8 +252,9 @@ impl Quorum {
             }
             conns.push(slot);
         }
-
-        tally.start = Instant::now();
+        if slow {
+            tally.start = Instant::now();
+        }
         let deadline = tally.start + self.io_timeout;
         let mut redo: SmallVec<[(usize, Redo); 8]> = SmallVec::new();
         let pending = self.scatter(&mut conns, &mut tally, &mut redo);

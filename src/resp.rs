@@ -160,22 +160,90 @@ fn length(line: &[u8]) -> Result<Option<usize>, ProtocolError> {
     }
 }
 
+/// A connection's read buffer: fixed size, allocated and zeroed once, so it
+/// is also the cap on what a hostile server can make us hold. Unparsed bytes
+/// are `buf[start..end]`.
+pub(crate) struct ReadBuf {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl ReadBuf {
+    pub(crate) fn new() -> ReadBuf {
+        ReadBuf {
+            buf: vec![0u8; MAX_REPLY].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    /// Decodes one reply if a whole one is buffered, hands it to `read` and
+    /// consumes it; `Ok(None)` when more bytes are needed.
+    pub(crate) fn take<T>(
+        &mut self,
+        read: &mut impl FnMut(Reply<'_>) -> T,
+    ) -> Result<Option<T>, ProtocolError> {
+        match parse(&self.buf[self.start..self.end])? {
+            Parse::Incomplete => Ok(None),
+            Parse::Complete(reply, used) => {
+                let out = read(reply);
+                self.start += used;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                }
+                Ok(Some(out))
+            }
+        }
+    }
+
+    /// Free space to read into, after moving unparsed bytes to the front.
+    /// An error when the buffer is full of one incomplete reply: it can only
+    /// be larger than [`MAX_REPLY`].
+    pub(crate) fn spare(&mut self) -> Result<&mut [u8], ProtocolError> {
+        if self.end == self.buf.len() {
+            if self.start == 0 {
+                return Err(ProtocolError("reply larger than the decoder's cap"));
+            }
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        Ok(&mut self.buf[self.end..])
+    }
+
+    /// Records that `n` bytes were read into [`spare`](Self::spare).
+    pub(crate) fn filled(&mut self, n: usize) {
+        self.end = (self.end + n).min(self.buf.len());
+    }
+
+    /// Whether no unparsed byte is left.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+}
+
 /// Appends one command, as an array of bulk strings, to `buf`.
 ///
 /// Allocation-free once `buf` has the capacity: lengths are formatted on the
 /// stack by `itoa`.
 pub(crate) fn encode(buf: &mut BytesMut, args: &[&[u8]]) {
-    let mut num = itoa::Buffer::new();
     buf.put_u8(b'*');
-    buf.put_slice(num.format(args.len()).as_bytes());
+    buf.put_slice(itoa::Buffer::new().format(args.len()).as_bytes());
     buf.put_slice(b"\r\n");
     for arg in args {
-        buf.put_u8(b'$');
-        buf.put_slice(num.format(arg.len()).as_bytes());
-        buf.put_slice(b"\r\n");
-        buf.put_slice(arg);
-        buf.put_slice(b"\r\n");
+        put_bulk(buf, arg);
     }
+}
+
+/// Appends one bulk string: `$<len>\r\n<bytes>\r\n`.
+pub(crate) fn put_bulk(buf: &mut BytesMut, arg: &[u8]) {
+    buf.put_u8(b'$');
+    buf.put_slice(itoa::Buffer::new().format(arg.len()).as_bytes());
+    buf.put_slice(b"\r\n");
+    buf.put_slice(arg);
+    buf.put_slice(b"\r\n");
 }
 
 #[cfg(test)]

@@ -24,21 +24,77 @@ pub(crate) const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then
 /// Length of a hex SHA1.
 const SHA_LEN: usize = 40;
 
-/// The SHA1 of each script, computed once per process by the `redis` crate.
+/// The SHA1 of each script, computed once per process by the `redis` crate,
+/// and the constant front of each script call, encoded once.
 pub(crate) struct Shas {
     pub(crate) release: [u8; SHA_LEN],
     pub(crate) extend: [u8; SHA_LEN],
+    /// `EVALSHA <sha> 1` and `EVAL <source> 1`, as RESP, for release
+    /// (5 arguments in all) and extend (6).
+    release_by_sha: Vec<u8>,
+    release_by_source: Vec<u8>,
+    extend_by_sha: Vec<u8>,
+    extend_by_source: Vec<u8>,
 }
 
-pub(crate) static SHAS: LazyLock<Shas> = LazyLock::new(|| Shas {
-    release: sha_of(RELEASE),
-    extend: sha_of(EXTEND),
+pub(crate) static SHAS: LazyLock<Shas> = LazyLock::new(|| {
+    let (release, extend) = (sha_of(RELEASE), sha_of(EXTEND));
+    let head = |argc: usize, verb: &[u8], script: &[u8]| {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(format!("*{argc}\r\n").as_bytes());
+        resp::put_bulk(&mut buf, verb);
+        resp::put_bulk(&mut buf, script);
+        resp::put_bulk(&mut buf, b"1");
+        buf.to_vec()
+    };
+    Shas {
+        release_by_sha: head(5, b"EVALSHA", &release),
+        release_by_source: head(5, b"EVAL", RELEASE.as_bytes()),
+        extend_by_sha: head(6, b"EVALSHA", &extend),
+        extend_by_source: head(6, b"EVAL", EXTEND.as_bytes()),
+        release,
+        extend,
+    }
 });
 
 fn sha_of(src: &str) -> [u8; SHA_LEN] {
     let mut sha = [0u8; SHA_LEN];
     sha.copy_from_slice(redis::Script::new(src).get_hash().as_bytes());
     sha
+}
+
+/// `SET` with its 6 arguments' count, as RESP.
+const SET_HEAD: &[u8] = b"*6\r\n$3\r\nSET\r\n";
+/// `NX PX`, as RESP.
+const NX_PX: &[u8] = b"$2\r\nNX\r\n$2\r\nPX\r\n";
+
+// The tail below frames the token as `$32`.
+const _: () = assert!(crate::token::TOKEN_LEN == 32);
+
+/// A small stack buffer for assembling the fixed-size parts of a command.
+/// 96 bytes hold the longest tail: CRLF, a 32-byte token, `NX PX` and a
+/// 20-digit TTL with their framing (85 bytes).
+struct Stack {
+    bytes: [u8; 96],
+    len: usize,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        Stack {
+            bytes: [0; 96],
+            len: 0,
+        }
+    }
+
+    fn put(&mut self, part: &[u8]) {
+        self.bytes[self.len..self.len + part.len()].copy_from_slice(part);
+        self.len += part.len();
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// One lock operation, with what it needs besides the key and token.
@@ -64,39 +120,47 @@ pub(crate) enum Vote {
 impl Op {
     /// Appends the command to `buf`. With `full_script`, scripts are sent as
     /// `EVAL` with their source instead of `EVALSHA`.
+    ///
+    /// This is the hot path's encoder: the constant front of each command is
+    /// encoded once (see [`Shas`]), so a call copies the key, the token and
+    /// the TTL and formats two numbers. The same bytes as `resp::encode` of
+    /// the whole argument list (checked by the tests and the fuzz target).
     pub(crate) fn encode(self, buf: &mut BytesMut, key: &[u8], token: &Token, full_script: bool) {
-        let mut num = itoa::Buffer::new();
         let shas = &*SHAS;
-        match self {
-            Op::Acquire { ttl_ms } => resp::encode(
-                buf,
-                &[
-                    b"SET",
-                    key,
-                    token.as_bytes(),
-                    b"NX",
-                    b"PX",
-                    num.format(ttl_ms).as_bytes(),
-                ],
-            ),
-            Op::Release if full_script => resp::encode(
-                buf,
-                &[b"EVAL", RELEASE.as_bytes(), b"1", key, token.as_bytes()],
-            ),
-            Op::Release => resp::encode(
-                buf,
-                &[b"EVALSHA", &shas.release, b"1", key, token.as_bytes()],
-            ),
-            Op::Extend { ttl_ms } => {
-                let (verb, script): (&[u8], &[u8]) = if full_script {
-                    (b"EVAL", EXTEND.as_bytes())
-                } else {
-                    (b"EVALSHA", &shas.extend)
-                };
-                let ttl = num.format(ttl_ms).as_bytes();
-                resp::encode(buf, &[verb, script, b"1", key, token.as_bytes(), ttl]);
-            }
+        let head: &[u8] = match (self, full_script) {
+            (Op::Acquire { .. }, _) => SET_HEAD,
+            (Op::Release, false) => &shas.release_by_sha,
+            (Op::Release, true) => &shas.release_by_source,
+            (Op::Extend { .. }, false) => &shas.extend_by_sha,
+            (Op::Extend { .. }, true) => &shas.extend_by_source,
+        };
+        // Four copies in all: the constant head, the key's length line, the
+        // key, and everything after the key assembled on the stack.
+        let mut key_len = Stack::new();
+        key_len.put(b"$");
+        key_len.put(itoa::Buffer::new().format(key.len()).as_bytes());
+        key_len.put(b"\r\n");
+        let mut tail = Stack::new();
+        tail.put(b"\r\n$32\r\n");
+        tail.put(token.as_bytes());
+        tail.put(b"\r\n");
+        if let Op::Acquire { .. } = self {
+            tail.put(NX_PX);
         }
+        if let Op::Acquire { ttl_ms } | Op::Extend { ttl_ms } = self {
+            let mut num = itoa::Buffer::new();
+            let ttl = num.format(ttl_ms).as_bytes();
+            tail.put(b"$");
+            tail.put(itoa::Buffer::new().format(ttl.len()).as_bytes());
+            tail.put(b"\r\n");
+            tail.put(ttl);
+            tail.put(b"\r\n");
+        }
+        buf.reserve(head.len() + key_len.len + key.len() + tail.len);
+        buf.extend_from_slice(head);
+        buf.extend_from_slice(key_len.bytes());
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(tail.bytes());
     }
 
     /// Reads a node's reply as a vote, or as the reason it is not one.
@@ -185,6 +249,44 @@ mod tests {
         Op::Extend { ttl_ms: 7 }.encode(&mut buf, b"k", &token, true);
         assert!(buf.starts_with(b"*6\r\n$4\r\nEVAL\r\n"));
         assert!(buf.ends_with(b"$1\r\n7\r\n"));
+    }
+
+    /// The hot-path encoder writes exactly what the generic one would.
+    #[test]
+    fn fast_encoding_matches_the_generic_encoder() {
+        let token = Token::random().expect("rng");
+        let keys: [&[u8]; 4] = [b"k", b"", &[b'x'; 300], b"a\r\n\0\xff"];
+        for key in keys {
+            for full in [false, true] {
+                for ttl_ms in [1, 10_000, u64::MAX] {
+                    let t = token.as_bytes();
+                    let n = itoa::Buffer::new().format(ttl_ms).to_owned();
+                    let (rs, es): (&[u8], &[u8]) = if full {
+                        (RELEASE.as_bytes(), EXTEND.as_bytes())
+                    } else {
+                        (&SHAS.release, &SHAS.extend)
+                    };
+                    let verb: &[u8] = if full { b"EVAL" } else { b"EVALSHA" };
+                    let cases: [(Op, Vec<&[u8]>); 3] = [
+                        (
+                            Op::Acquire { ttl_ms },
+                            vec![b"SET", key, t, b"NX", b"PX", n.as_bytes()],
+                        ),
+                        (Op::Release, vec![verb, rs, b"1", key, t]),
+                        (
+                            Op::Extend { ttl_ms },
+                            vec![verb, es, b"1", key, t, n.as_bytes()],
+                        ),
+                    ];
+                    for (op, args) in cases {
+                        let (mut fast, mut generic) = (BytesMut::new(), BytesMut::new());
+                        op.encode(&mut fast, key, &token, full);
+                        resp::encode(&mut generic, &args);
+                        assert_eq!(fast, generic, "{op:?}, full script {full}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]

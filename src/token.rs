@@ -15,6 +15,18 @@ const RANDOM_BYTES: usize = 16;
 /// Length of a token on the wire.
 pub(crate) const TOKEN_LEN: usize = RANDOM_BYTES * 2;
 
+/// The two hex digits of every byte value, built at compile time.
+const HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut table = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        table[i] = [HEX[i >> 4], HEX[i & 0x0f]];
+        i += 1;
+    }
+    table
+};
+
 /// A lock token as sent to Redis: ASCII hex, so it reads well in `redis-cli`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Token([u8; TOKEN_LEN]);
@@ -28,11 +40,9 @@ impl Token {
     }
 
     fn from_random(raw: [u8; RANDOM_BYTES]) -> Token {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut hex = [0u8; TOKEN_LEN];
-        for (i, byte) in raw.iter().enumerate() {
-            hex[2 * i] = HEX[usize::from(byte >> 4)];
-            hex[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(raw) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(byte)]);
         }
         Token(hex)
     }

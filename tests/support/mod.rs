@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod alloc;
+pub mod fake;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
