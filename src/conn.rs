@@ -91,6 +91,9 @@ pub(crate) struct Conn {
     pub(crate) reused: bool,
     /// Whether any reply byte arrived since the last request was sent.
     got_reply_bytes: bool,
+    /// Replies the server owes us: requests sent minus replies read. Only
+    /// a connection that owes nothing goes back to the pool.
+    owed: u32,
 }
 
 impl fmt::Debug for Conn {
@@ -118,13 +121,17 @@ impl Conn {
             broken: false,
             reused: false,
             got_reply_bytes: false,
+            owed: 0,
         };
         conn.handshake(endpoint, timeouts.io)?;
         Ok(conn)
     }
 
     fn handshake(&mut self, endpoint: &Endpoint, io_timeout: Duration) -> Result<(), Failure> {
+        // SCRIPT LOAD twice and PING, plus AUTH and SELECT when configured.
+        let mut commands = 3;
         if let Some(password) = &endpoint.password {
+            commands += 1;
             match &endpoint.username {
                 Some(user) => resp::encode(
                     &mut self.wbuf,
@@ -134,6 +141,7 @@ impl Conn {
             }
         }
         if endpoint.db != 0 {
+            commands += 1;
             let mut num = itoa::Buffer::new();
             resp::encode(
                 &mut self.wbuf,
@@ -142,7 +150,7 @@ impl Conn {
         }
         script::encode_load(&mut self.wbuf);
         resp::encode(&mut self.wbuf, &[b"PING"]);
-        self.send()?;
+        self.send_many(commands)?;
 
         let deadline = Instant::now() + io_timeout;
         // Read every reply even after a failure, so that the first failure
@@ -154,13 +162,13 @@ impl Conn {
             }
         };
         if endpoint.password.is_some() {
-            note(self.recv_with(deadline, expect_ok)?);
+            note(self.recv_next_with(deadline, expect_ok)?);
         }
         if endpoint.db != 0 {
-            note(self.recv_with(deadline, expect_ok)?);
+            note(self.recv_next_with(deadline, expect_ok)?);
         }
         for sha in [&SHAS.release, &SHAS.extend] {
-            let loaded = self.recv_with(deadline, |reply| script::check_loaded(reply, sha))?;
+            let loaded = self.recv_next_with(deadline, |reply| script::check_loaded(reply, sha))?;
             match loaded {
                 // A user allowed EVAL/EVALSHA but not SCRIPT LOAD still works:
                 // EVALSHA will answer NOSCRIPT and we fall back to EVAL.
@@ -170,7 +178,7 @@ impl Conn {
                 other => note(other),
             }
         }
-        note(self.recv_with(deadline, |reply| match reply {
+        note(self.recv_next_with(deadline, |reply| match reply {
             Reply::Simple(b"PONG") => Ok(()),
             Reply::Error(text) => Err(script::server_error(text)),
             _ => Err(Failure::Protocol("unexpected reply to PING")),
@@ -190,23 +198,37 @@ impl Conn {
         &mut self.wbuf
     }
 
-    /// Writes the encoded request in one call.
+    /// Writes the encoded request (one command) in one call.
     pub(crate) fn send(&mut self) -> Result<(), Failure> {
+        self.send_many(1)
+    }
+
+    /// Writes the write buffer, holding `commands` commands, in one call.
+    fn send_many(&mut self, commands: u32) -> Result<(), Failure> {
         self.got_reply_bytes = false;
         let result = self.stream.write_all(&self.wbuf);
         self.wbuf.clear();
-        result.map_err(|e| self.fail(e.into()))
+        match result {
+            Ok(()) => {
+                self.owed += commands;
+                Ok(())
+            }
+            Err(e) => Err(self.fail(e.into())),
+        }
     }
 
-    /// Waits (until `deadline`) for one whole reply and hands it to `read`.
-    pub(crate) fn recv_with<T>(
+    /// Waits (until `deadline`) for the next reply and hands it to `read`.
+    pub(crate) fn recv_next_with<T>(
         &mut self,
         deadline: Instant,
         mut read: impl FnMut(Reply<'_>) -> T,
     ) -> Result<T, Failure> {
         loop {
             match self.rbuf.take(&mut read) {
-                Ok(Some(out)) => return Ok(out),
+                Ok(Some(out)) => {
+                    self.owed = self.owed.saturating_sub(1);
+                    return Ok(out);
+                }
                 Ok(None) => {
                     if let Err(failure) = self.fill(deadline) {
                         return Err(self.fail(failure));
@@ -214,6 +236,32 @@ impl Conn {
                 }
                 Err(e) => return Err(self.fail(e.into())),
             }
+        }
+    }
+
+    /// Waits (until `deadline`) for the reply to the latest request and
+    /// hands it to `read`, discarding the late replies to earlier ones (a
+    /// request that timed out, then a clean-up sent behind it).
+    pub(crate) fn recv_latest_with<T>(
+        &mut self,
+        deadline: Instant,
+        read: impl FnMut(Reply<'_>) -> T,
+    ) -> Result<T, Failure> {
+        while self.owed > 1 {
+            self.recv_next_with(deadline, |_| ())?;
+        }
+        self.recv_next_with(deadline, read)
+    }
+
+    /// Reads and drops whatever has already arrived, without waiting. Before
+    /// closing a connection that still expects replies: closing with unread
+    /// data makes the kernel reset the connection, and a reset can make the
+    /// server drop requests it has not read yet (a clean-up, say).
+    pub(crate) fn discard_arrived(&mut self) {
+        if self.stream.set_nonblocking(true).is_ok() {
+            let mut scratch = [0u8; 1024];
+            while matches!(self.stream.read(&mut scratch), Ok(n) if n > 0) {}
+            let _ = self.stream.set_nonblocking(false);
         }
     }
 
@@ -256,9 +304,14 @@ impl Conn {
         self.reused && !self.got_reply_bytes && failure.is_disconnect()
     }
 
-    /// Ready for the pool: no stale bytes, no half-read reply.
+    /// Whether the connection saw a failure that rules out reuse.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Ready for the pool: not broken, owing nothing, no stray bytes.
     pub(crate) fn is_clean(&self) -> bool {
-        !self.broken && self.rbuf.is_empty()
+        !self.broken && self.owed == 0 && self.rbuf.is_empty()
     }
 }
 

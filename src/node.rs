@@ -90,8 +90,8 @@ impl Node {
 
     /// Takes a connection: an idle one if any, else a new one while there is
     /// room, else the first one returned within the pool wait. With `fresh`,
-    /// an idle connection is closed to make room rather than used (after a
-    /// stale one, its siblings are suspect too).
+    /// idle connections are closed first rather than used (after a stale
+    /// one, its siblings are suspect too).
     pub(crate) fn checkout(&self, fresh: bool) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
         if let Some(until) = state.down_until
@@ -99,9 +99,14 @@ impl Node {
         {
             return Err(Failure::Down);
         }
-        if fresh && let Some(stale) = state.idle.pop() {
+        if fresh {
+            // The idle connection that proved stale was the most recently
+            // used: the others sat idle at least as long (a server restart or
+            // idle timeout closes them all). Close them rather than try each.
+            let stale = std::mem::take(&mut state.idle);
+            state.open -= stale.len();
+            state.idle.reserve(self.config.max_conns);
             drop(stale);
-            state.open -= 1;
         }
         let mut deadline = None;
         loop {
@@ -208,7 +213,7 @@ impl Node {
         crate::resp::encode(conn.request(), &[b"INFO", b"server"]);
         conn.send()?;
         let deadline = Instant::now() + self.timeouts.io;
-        conn.recv_with(deadline, |reply| match reply {
+        conn.recv_next_with(deadline, |reply| match reply {
             Reply::Bulk(info) => Ok(info
                 .split(|&b| b == b'\n')
                 .find_map(|line| line.strip_prefix(b"run_id:"))

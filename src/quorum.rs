@@ -118,7 +118,7 @@ impl Quorum {
         token: &Token,
         ttl: Duration,
     ) -> Result<Acquired, Error> {
-        let tally = self.run(
+        let (tally, conns) = self.round(
             Op::Acquire {
                 ttl_ms: millis(ttl),
             },
@@ -132,16 +132,7 @@ impl Quorum {
         }
         // Failed and timed-out nodes are cleaned too: the SET may have
         // arrived even though its reply did not.
-        let written = self.all() & !tally.no;
-        if written != 0 {
-            let cleanup = self.run(Op::Release, key, token, written);
-            if let Some((node, failure)) = cleanup.first_failure {
-                log::debug!(
-                    "redlease: clean-up after a failed acquisition failed on {}: {failure:?}",
-                    self.nodes[node].name
-                );
-            }
-        }
+        self.clean_up(conns, tally.no, key, token);
         if tally.yes_count() >= self.needed() {
             Err(Error::ValidityExpired {
                 elapsed: tally.end - tally.start,
@@ -177,7 +168,7 @@ impl Quorum {
         token: &Token,
         ttl: Duration,
     ) -> Result<Instant, Error> {
-        let tally = self.run(
+        let (tally, conns) = self.round(
             Op::Extend {
                 ttl_ms: millis(ttl),
             },
@@ -196,10 +187,7 @@ impl Quorum {
             });
         }
         if tally.no_count() > self.nodes.len() - self.needed() {
-            let renewed = self.all() & !tally.no;
-            if renewed != 0 {
-                let _ = self.run(Op::Release, key, token, renewed);
-            }
+            self.clean_up(conns, tally.no, key, token);
             return Err(Error::LockLost);
         }
         Err(self.no_quorum(tally))
@@ -222,8 +210,14 @@ impl Quorum {
         }
     }
 
-    /// Runs `op` on the nodes in `targets`: check out, write all, read all.
+    /// Runs `op` on the nodes in `targets`; see [`round`](Self::round).
     fn run(&self, op: Op, key: &[u8], token: &Token, targets: u64) -> Tally {
+        self.round(op, key, token, targets).0
+    }
+
+    /// Runs `op` on the nodes in `targets`: check out, write all, read all.
+    /// Also returns the connections, for a clean-up behind the request.
+    fn round(&self, op: Op, key: &[u8], token: &Token, targets: u64) -> (Tally, Conns<'_>) {
         let mut conns: Conns<'_> = SmallVec::new();
         // The validity clock starts before anything is sent. Reading it
         // before the checkouts is conservative (validity can only come out
@@ -299,7 +293,53 @@ impl Quorum {
             }
         }
         tally.end = Instant::now();
-        tally
+        (tally, conns)
+    }
+
+    /// Releases whatever a failed operation may have written, on the very
+    /// connections it used (nodes in `skip` said nothing was written). On
+    /// the same connection the release runs after the request even when the
+    /// request's reply never came: a connection that timed out still
+    /// carries it, then is closed without waiting for a reply.
+    fn clean_up(&self, mut conns: Conns<'_>, skip: u64, key: &[u8], token: &Token) {
+        let mut pending = 0u64;
+        for (i, slot) in conns.iter_mut().enumerate() {
+            let Some(conn) = slot.as_mut().filter(|_| skip & (1 << i) == 0) else {
+                continue;
+            };
+            // By source, so that no NOSCRIPT round is needed.
+            Op::Release.encode(conn.request(), key, token, true);
+            if conn.send().is_ok() {
+                if conn.is_broken() {
+                    conn.discard_arrived();
+                } else {
+                    pending |= 1 << i;
+                }
+            }
+        }
+        let now = Instant::now();
+        let mut tally = Tally {
+            yes: 0,
+            no: 0,
+            first_failure: None,
+            start: now,
+            end: now,
+        };
+        let mut redo = SmallVec::new();
+        self.gather(
+            Op::Release,
+            &mut conns,
+            pending,
+            now + self.io_timeout,
+            &mut tally,
+            &mut redo,
+        );
+        if let Some((node, failure)) = tally.first_failure {
+            log::debug!(
+                "redlease: clean-up after a failed operation failed on {}: {failure:?}",
+                self.nodes[node].name
+            );
+        }
     }
 
     /// Writes every encoded request; returns the nodes that now owe a reply.
@@ -336,7 +376,7 @@ impl Quorum {
                 continue;
             }
             let Some(conn) = slot else { continue };
-            match conn.recv_with(deadline, |reply| op.interpret(reply)) {
+            match conn.recv_latest_with(deadline, |reply| op.interpret(reply)) {
                 Ok(Ok(Vote::Yes)) => tally.yes |= 1 << i,
                 Ok(Ok(Vote::No)) => tally.no |= 1 << i,
                 Ok(Err(failure)) if script::is_noscript(&failure) && !redo_of(redo, i) => {

@@ -9,6 +9,8 @@
 
 pub mod alloc;
 pub mod fake;
+pub mod oracle;
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -257,6 +259,26 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
+}
+
+/// A listener whose accept queue is full, so that new connections to it hang
+/// in the handshake: what a host dropping SYNs looks like, on loopback.
+/// Keep both values alive while the port is in use.
+pub fn connect_hangs() -> (socket2::Socket, TcpStream, u16) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).expect("socket");
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    listener.bind(&addr.into()).expect("bind");
+    listener.listen(0).expect("listen");
+    let port = listener
+        .local_addr()
+        .expect("local addr")
+        .as_socket()
+        .expect("inet")
+        .port();
+    // This connection fills the queue; nobody accepts it.
+    let filler = TcpStream::connect(("127.0.0.1", port)).expect("fill the backlog");
+    (listener, filler, port)
 }
 
 /// Runs `f` on a thread and fails the test if it takes longer than `limit`:
