@@ -16,6 +16,9 @@ use crate::token::Token;
 /// The largest reply the decoder accepts, in bytes.
 pub const MAX_REPLY: usize = crate::resp::MAX_REPLY;
 
+/// The release script's source, as sent by `EVAL` (for the token tests).
+pub const RELEASE_SCRIPT: &str = crate::script::RELEASE;
+
 /// A lock token, for the encoding benches.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchToken(Token);

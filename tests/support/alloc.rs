@@ -13,16 +13,19 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-/// Counts every allocation, reallocation and zeroed allocation per thread.
+/// Counts every allocation, reallocation and zeroed allocation per thread,
+/// and the bytes they asked for.
 pub struct CountingAllocator;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    static BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
-fn bump() {
-    // `try_with`: the thread-local may already be gone while a thread exits.
+fn bump(size: usize) {
+    // `try_with`: the thread-locals may already be gone while a thread exits.
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+    let _ = BYTES.try_with(|n| n.set(n.get() + size as u64));
 }
 
 // SAFETY: every method forwards to `System` with the caller's arguments
@@ -30,17 +33,17 @@ fn bump() {
 // never allocates.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        bump();
+        bump(layout.size());
         // SAFETY: forwarded as is.
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        bump();
+        bump(layout.size());
         // SAFETY: forwarded as is.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        bump();
+        bump(new_size);
         // SAFETY: forwarded as is.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -54,6 +57,12 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// `CountingAllocator` is the global allocator).
 pub fn allocations_so_far() -> u64 {
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Bytes allocated on this thread so far (reallocations count their new
+/// size), where `CountingAllocator` is the global allocator.
+pub fn bytes_so_far() -> u64 {
+    BYTES.with(Cell::get)
 }
 
 /// Allocations made on this thread by `f`, and its result.

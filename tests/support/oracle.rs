@@ -94,17 +94,43 @@ impl Oracle {
         hold: Duration,
         acquire: impl Fn(usize) -> Option<G> + Sync,
     ) -> Verdict {
+        self.run_while(threads, hold, |round| round < rounds, acquire)
+    }
+
+    /// Like [`run`](Self::run), for `length` of time instead of a number of
+    /// rounds.
+    pub fn run_for<G>(
+        &self,
+        threads: usize,
+        length: Duration,
+        hold: Duration,
+        acquire: impl Fn(usize) -> Option<G> + Sync,
+    ) -> Verdict {
+        let deadline = Instant::now() + length;
+        self.run_while(threads, hold, |_| Instant::now() < deadline, acquire)
+    }
+
+    fn run_while<G>(
+        &self,
+        threads: usize,
+        hold: Duration,
+        go_on: impl Fn(usize) -> bool + Sync,
+        acquire: impl Fn(usize) -> Option<G> + Sync,
+    ) -> Verdict {
         let start = Barrier::new(threads);
         let intervals = Mutex::new(Vec::new());
         let verdict = Mutex::new(Verdict::default());
         let before = self.count();
         thread::scope(|s| {
             for t in 0..threads {
-                let (start, intervals, verdict, acquire) = (&start, &intervals, &verdict, &acquire);
+                let (start, intervals, verdict, acquire, go_on) =
+                    (&start, &intervals, &verdict, &acquire, &go_on);
                 s.spawn(move || {
                     let mut con = self.server.client();
                     start.wait();
-                    for _ in 0..rounds {
+                    let mut round = 0;
+                    while go_on(round) {
+                        round += 1;
                         let Some(guard) = acquire(t) else {
                             verdict.lock().expect("verdict").gave_up += 1;
                             continue;
