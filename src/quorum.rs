@@ -118,15 +118,10 @@ impl Quorum {
         token: &Token,
         ttl: Duration,
     ) -> Result<Acquired, Error> {
-        let (tally, conns) = self.round(
-            Op::Acquire {
-                ttl_ms: millis(ttl),
-            },
-            key,
-            token,
-            self.all(),
-        );
-        let valid_until = tally.start + ttl.saturating_sub(self.drift(ttl));
+        let acquire = Op::Acquire {
+            ttl_ms: millis(ttl),
+        };
+        let (tally, conns, valid_until) = self.timed_round(acquire, key, token, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
             return Ok(Acquired::Granted { valid_until });
         }
@@ -168,15 +163,10 @@ impl Quorum {
         token: &Token,
         ttl: Duration,
     ) -> Result<Instant, Error> {
-        let (tally, conns) = self.round(
-            Op::Extend {
-                ttl_ms: millis(ttl),
-            },
-            key,
-            token,
-            self.all(),
-        );
-        let valid_until = tally.start + ttl.saturating_sub(self.drift(ttl));
+        let extend = Op::Extend {
+            ttl_ms: millis(ttl),
+        };
+        let (tally, conns, valid_until) = self.timed_round(extend, key, token, ttl);
         if tally.yes_count() >= self.needed() {
             if tally.end < valid_until {
                 return Ok(valid_until);
@@ -208,6 +198,21 @@ impl Quorum {
                 cause: cause.map(Box::new),
             },
         }
+    }
+
+    /// Runs an operation that sets a TTL on every node; also returns when
+    /// the lock it grants stops being valid: `ttl` after the first write,
+    /// less the drift allowance.
+    fn timed_round(
+        &self,
+        op: Op,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> (Tally, Conns<'_>, Instant) {
+        let (tally, conns) = self.round(op, key, token, self.all());
+        let valid_until = tally.start + ttl.saturating_sub(self.drift(ttl));
+        (tally, conns, valid_until)
     }
 
     /// Runs `op` on the nodes in `targets`; see [`round`](Self::round).

@@ -10,6 +10,11 @@ use std::time::{Duration, Instant};
 use redlease::{Error, Lock, LockManager, RetryPolicy};
 use support::RedisServer;
 
+/// Takes a lock that must be free.
+fn take(locks: &LockManager, key: &str, ttl: Duration) -> Lock {
+    locks.try_lock(key, ttl).expect("try_lock").expect("free")
+}
+
 fn manager(server: &RedisServer) -> LockManager {
     LockManager::builder()
         .node(server.url())
@@ -74,10 +79,7 @@ fn token_is_fresh_per_acquisition() {
     let locks = manager(&server);
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
-        let lock = locks
-            .try_lock("k", Duration::from_secs(5))
-            .expect("try_lock")
-            .expect("free");
+        let lock = take(&locks, "k", Duration::from_secs(5));
         let token = server.get(b"k").expect("key set");
         assert_eq!(token.len(), 32);
         assert!(token.iter().all(u8::is_ascii_hexdigit));
@@ -92,10 +94,7 @@ fn token_is_fresh_per_acquisition() {
 fn release_after_expiry_returns_false_and_spares_the_new_holder() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let old = locks
-        .try_lock("k", Duration::from_millis(50))
-        .expect("try_lock")
-        .expect("free");
+    let old = take(&locks, "k", Duration::from_millis(50));
     thread::sleep(Duration::from_millis(80));
     assert_eq!(old.remaining(), Duration::ZERO);
 
@@ -117,10 +116,7 @@ fn release_after_expiry_returns_false_and_spares_the_new_holder() {
 fn foreign_token_is_never_touched() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let mut lock = locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
+    let mut lock = take(&locks, "k", Duration::from_secs(10));
     let _: () = server.cmd(&[b"SET", b"k", b"someone-else", b"PX", b"20000"]);
 
     assert!(matches!(
@@ -144,10 +140,7 @@ fn foreign_token_is_never_touched() {
 fn extend_grows_the_ttl() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let mut lock = locks
-        .try_lock("k", Duration::from_secs(1))
-        .expect("try_lock")
-        .expect("free");
+    let mut lock = take(&locks, "k", Duration::from_secs(1));
     assert!(lock.remaining() <= Duration::from_secs(1));
     lock.extend(Duration::from_secs(30)).expect("extend");
     assert!(lock.remaining() > Duration::from_secs(29));
@@ -163,10 +156,7 @@ fn extend_grows_the_ttl() {
 fn extend_after_expiry_is_lock_lost() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let mut lock = locks
-        .try_lock("k", Duration::from_millis(20))
-        .expect("try_lock")
-        .expect("free");
+    let mut lock = take(&locks, "k", Duration::from_millis(20));
     thread::sleep(Duration::from_millis(30));
     assert!(matches!(
         lock.extend(Duration::from_secs(5)),
@@ -181,10 +171,7 @@ fn drop_releases() {
     let server = RedisServer::start();
     let locks = manager(&server);
     {
-        let _lock = locks
-            .try_lock("k", Duration::from_secs(10))
-            .expect("try_lock")
-            .expect("free");
+        let _lock = take(&locks, "k", Duration::from_secs(10));
         assert!(server.get(b"k").is_some());
     }
     assert_eq!(server.get(b"k"), None);
@@ -234,10 +221,7 @@ fn binary_and_hostile_keys_work() {
 fn lock_waits_for_the_holder() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let held = locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
+    let held = take(&locks, "k", Duration::from_secs(10));
     let releaser = thread::spawn(move || {
         thread::sleep(Duration::from_millis(100));
         assert!(held.release().expect("release"));
@@ -258,10 +242,7 @@ fn lock_waits_for_the_holder() {
 fn waiting_gives_up_as_configured() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let _held = locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
+    let _held = take(&locks, "k", Duration::from_secs(10));
     let ttl = Duration::from_secs(1);
 
     let started = Instant::now();
@@ -348,10 +329,7 @@ fn threads_on_one_key_never_overlap() {
 fn script_flush_is_recovered() {
     let server = RedisServer::start();
     let locks = manager(&server);
-    let mut lock = locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
+    let mut lock = take(&locks, "k", Duration::from_secs(10));
     let _: () = server.cmd(&[b"SCRIPT", b"FLUSH"]);
     lock.extend(Duration::from_secs(20))
         .expect("extend after SCRIPT FLUSH");
@@ -367,10 +345,7 @@ fn script_flush_is_recovered() {
 fn restart_is_recovered() {
     let mut server = RedisServer::start();
     let locks = manager(&server);
-    let lock = locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
+    let lock = take(&locks, "k", Duration::from_secs(10));
     assert!(lock.release().expect("release"));
     server.restart();
     let lock = locks
@@ -381,10 +356,7 @@ fn restart_is_recovered() {
     assert!(lock.release().expect("release"));
 
     // A lock held across a restart is gone on the server: release says so.
-    let lock = locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
+    let lock = take(&locks, "k", Duration::from_secs(10));
     server.restart();
     assert!(!lock.release().expect("release after restart"));
 }
@@ -416,10 +388,7 @@ fn database_from_url() {
         .node(format!("{}/3", server.url()))
         .build()
         .expect("build");
-    let lock = locks
-        .try_lock("k", Duration::from_secs(5))
-        .expect("try_lock")
-        .expect("free");
+    let lock = take(&locks, "k", Duration::from_secs(5));
     assert_eq!(server.get(b"k"), None, "db 0 must stay empty");
     let in_db3: Option<Vec<u8>> = {
         let mut con = redis::Client::open(format!("{}/3", server.url()))
