@@ -459,3 +459,42 @@ fn validity_accounts_for_elapsed_time_and_drift() {
     );
     assert!(lock.release().expect("release"));
 }
+
+/// `CLIENT PAUSE … WRITE` stalls writes (SET, EVALSHA) but not the
+/// connection: a paused minority is a timed-out minority; a paused single
+/// node is a timeout, and the lock works again once the pause ends.
+#[test]
+fn client_pause_write() {
+    let servers = RedisServer::start_many(3);
+    let locks = LockManager::builder()
+        .nodes(servers.iter().map(RedisServer::url))
+        .io_timeout(Duration::from_millis(100))
+        .build()
+        .expect("build");
+    drop(
+        locks
+            .try_lock("warm", Duration::from_secs(1))
+            .expect("warm up"),
+    );
+    let _: () = servers[0].cmd(&[b"CLIENT", b"PAUSE", b"400", b"WRITE"]);
+    let lock = locks
+        .try_lock("k", Duration::from_secs(5))
+        .expect("try_lock")
+        .expect("2 of 3");
+    assert!(lock.release().expect("release"));
+
+    let single = LockManager::builder()
+        .node(servers[1].url())
+        .io_timeout(Duration::from_millis(100))
+        .build()
+        .expect("build");
+    let _: () = servers[1].cmd(&[b"CLIENT", b"PAUSE", b"300", b"WRITE"]);
+    assert!(matches!(
+        single.try_lock("p", Duration::from_secs(5)),
+        Err(Error::Timeout { .. })
+    ));
+    let lock = single
+        .lock_with("p", Duration::from_secs(5), &patient())
+        .expect("after the pause");
+    assert!(lock.release().expect("release"));
+}
