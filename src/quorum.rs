@@ -58,6 +58,17 @@ struct Tally {
 }
 
 impl Tally {
+    /// An empty tally whose clock starts at `now`.
+    fn at(now: Instant) -> Tally {
+        Tally {
+            yes: 0,
+            no: 0,
+            first_failure: None,
+            start: now,
+            end: now,
+        }
+    }
+
     fn yes_count(&self) -> usize {
         self.yes.count_ones() as usize
     }
@@ -229,13 +240,7 @@ impl Quorum {
         // shorter) and saves a clock read; it is read again only if a
         // checkout took real time (waited for the pool, or connected).
         let now = Instant::now();
-        let mut tally = Tally {
-            yes: 0,
-            no: 0,
-            first_failure: None,
-            start: now,
-            end: now,
-        };
+        let mut tally = Tally::at(now);
         let mut slow = false;
         for (i, node) in self.nodes.iter().enumerate() {
             let mut slot = None;
@@ -323,13 +328,7 @@ impl Quorum {
             }
         }
         let now = Instant::now();
-        let mut tally = Tally {
-            yes: 0,
-            no: 0,
-            first_failure: None,
-            start: now,
-            end: now,
-        };
+        let mut tally = Tally::at(now);
         let mut redo = SmallVec::new();
         self.gather(
             Op::Release,

@@ -57,6 +57,22 @@ impl Cluster {
     }
 }
 
+/// A manager straight to `servers`, one lock taken and released already so
+/// that the pools are warm.
+fn warm(servers: &[RedisServer], io_timeout: Duration) -> LockManager {
+    let locks = LockManager::builder()
+        .nodes(servers.iter().map(RedisServer::url))
+        .io_timeout(io_timeout)
+        .build()
+        .expect("build");
+    drop(
+        locks
+            .try_lock("warm", Duration::from_secs(1))
+            .expect("warm up"),
+    );
+    locks
+}
+
 fn patient() -> RetryPolicy {
     RetryPolicy::fixed(Duration::from_millis(20)).max_wait(Duration::from_secs(5))
 }
@@ -150,16 +166,7 @@ fn lost_replies_never_succeed_and_are_cleaned_up() {
 #[test]
 fn debug_sleep_minority_costs_one_timeout() {
     let servers = RedisServer::start_many(3);
-    let locks = LockManager::builder()
-        .nodes(servers.iter().map(RedisServer::url))
-        .io_timeout(Duration::from_millis(150))
-        .build()
-        .expect("build");
-    drop(
-        locks
-            .try_lock("warm", Duration::from_secs(1))
-            .expect("warm up"),
-    );
+    let locks = warm(&servers, Duration::from_millis(150));
     let sleeper = servers[0].url();
     let sleeping = thread::spawn(move || {
         let mut con = redis::Client::open(sleeper)
@@ -217,16 +224,7 @@ fn all_nodes_slower_than_the_ttl_never_yield_an_expired_lock() {
 #[test]
 fn all_nodes_stopped_is_bounded_failure() {
     let servers = RedisServer::start_many(3);
-    let locks = LockManager::builder()
-        .nodes(servers.iter().map(RedisServer::url))
-        .io_timeout(Duration::from_millis(100))
-        .build()
-        .expect("build");
-    drop(
-        locks
-            .try_lock("warm", Duration::from_secs(1))
-            .expect("warm up"),
-    );
+    let locks = warm(&servers, Duration::from_millis(100));
     for s in &servers {
         s.signal("STOP");
     }
@@ -466,16 +464,7 @@ fn validity_accounts_for_elapsed_time_and_drift() {
 #[test]
 fn client_pause_write() {
     let servers = RedisServer::start_many(3);
-    let locks = LockManager::builder()
-        .nodes(servers.iter().map(RedisServer::url))
-        .io_timeout(Duration::from_millis(100))
-        .build()
-        .expect("build");
-    drop(
-        locks
-            .try_lock("warm", Duration::from_secs(1))
-            .expect("warm up"),
-    );
+    let locks = warm(&servers, Duration::from_millis(100));
     let _: () = servers[0].cmd(&[b"CLIENT", b"PAUSE", b"400", b"WRITE"]);
     let lock = locks
         .try_lock("k", Duration::from_secs(5))

@@ -5,8 +5,6 @@
 pub mod properties;
 pub mod reference;
 
-use std::time::Instant;
-
 use bytes::BytesMut;
 
 use crate::resp::{self, Parse};
@@ -97,14 +95,4 @@ impl std::fmt::Debug for BenchPool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("BenchPool").field(&self.0.name).finish()
     }
-}
-
-/// Validity left for a lock of `ttl` acquired at `start`, by the manager's
-/// drift rule; for the clock tests.
-pub fn valid_until(
-    manager: &crate::LockManager,
-    start: Instant,
-    ttl: std::time::Duration,
-) -> Instant {
-    start + ttl - manager.inner().quorum.drift(ttl)
 }
