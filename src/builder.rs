@@ -2,17 +2,16 @@
 //! default, validated in one place by [`build`](LockManagerBuilder::build).
 //! (Its own file so that `manager.rs` stays about using locks.)
 
-use std::collections::HashMap;
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+use redis::{ConnectionInfo, IntoConnectionInfo};
 
-use crate::conn::{Endpoint, Secret, Timeouts};
-use crate::error::{Error, Failure, Result};
-use crate::manager::{Inner, LockManager};
-use crate::node::{Node, PoolConfig};
-use crate::quorum::{MAX_NODES, Quorum};
+use crate::conn::Timeouts;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::manager::{Limits, LockManager};
+use crate::node::PoolConfig;
+use crate::quorum::Quorum;
 use crate::retry::RetryPolicy;
 
 /// Largest key cap that may be configured: far below Redis's own
@@ -84,7 +83,8 @@ impl LockManagerBuilder {
         self
     }
 
-    /// Bound on opening a TCP connection to a node. Defaults to 1 s.
+    /// Bound on opening a TCP connection to a node. At least 1 ms;
+    /// `Duration::MAX` means no bound. Defaults to 1 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -93,7 +93,7 @@ impl LockManagerBuilder {
     /// Bound on each write to a node, and on waiting for the replies of one
     /// operation (all nodes share one deadline). Keep it small compared with
     /// your TTLs: a lock is only valid for `ttl - elapsed - drift`. At least
-    /// 1 ms. Defaults to 100 ms.
+    /// 1 ms; `Duration::MAX` means no bound. Defaults to 100 ms.
     pub fn io_timeout(mut self, timeout: Duration) -> Self {
         self.io_timeout = timeout;
         self
@@ -116,7 +116,8 @@ impl LockManagerBuilder {
     }
 
     /// Longest wait for a free connection when a node's pool is exhausted;
-    /// then the node counts as failed for that operation. Defaults to 1 s.
+    /// then the node counts as failed for that operation. Zero means no
+    /// wait; `Duration::MAX` means no bound. Defaults to 1 s.
     pub fn pool_wait(mut self, wait: Duration) -> Self {
         self.pool_wait = wait;
         self
@@ -161,23 +162,12 @@ impl LockManagerBuilder {
     /// [`connect_lazily`](Self::connect_lazily), connects.
     pub fn build(self) -> Result<LockManager> {
         self.check_settings()?;
-        if self.nodes.is_empty() {
-            return Err(Error::invalid("no nodes: add at least one with .node(..)"));
-        }
-        if self.nodes.len() > MAX_NODES {
-            return Err(Error::invalid(format!(
-                "{} nodes, more than the {MAX_NODES} supported",
-                self.nodes.len()
-            )));
-        }
         let endpoints = self
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, info)| endpoint(i, info))
+            .map(|(i, info)| Endpoint::parse(i, info))
             .collect::<Result<Vec<_>>>()?;
-        check_distinct(&endpoints)?;
-
         let timeouts = Timeouts {
             connect: self.connect_timeout,
             io: self.io_timeout,
@@ -186,25 +176,20 @@ impl LockManagerBuilder {
             max_conns: self.pool_size,
             wait: self.pool_wait,
         };
-        let nodes = endpoints
-            .into_iter()
-            .map(|e| Node::new(e, timeouts, pool))
-            .collect();
-        let quorum = Quorum::new(nodes, self.drift_factor, self.io_timeout);
+        let quorum = Quorum::new(endpoints, timeouts, pool, self.drift_factor)?;
         if !self.lazy {
-            connect_all(&quorum, self.preconnect)?;
+            quorum.connect(self.preconnect)?;
         }
-        Ok(LockManager::from_inner(Inner {
-            quorum,
-            retry: self.retry,
+        let limits = Limits {
             max_ttl: self.max_ttl,
             max_key_len: self.max_key_len,
-        }))
+        };
+        Ok(LockManager::new(quorum, self.retry, limits))
     }
 
     fn check_settings(&self) -> Result<()> {
-        if self.connect_timeout.is_zero() {
-            return Err(Error::invalid("connect_timeout must be above zero"));
+        if self.connect_timeout < Duration::from_millis(1) {
+            return Err(Error::invalid("connect_timeout must be at least 1ms"));
         }
         if self.io_timeout < Duration::from_millis(1) {
             return Err(Error::invalid("io_timeout must be at least 1ms"));
@@ -240,144 +225,6 @@ impl LockManagerBuilder {
             )));
         }
         Ok(())
-    }
-}
-
-/// What we keep of one parsed address.
-fn endpoint(index: usize, info: &redis::RedisResult<ConnectionInfo>) -> Result<Endpoint> {
-    let info = match info {
-        Ok(info) => info,
-        // redis-rs refuses rediss:// itself when built without TLS.
-        Err(e) if e.to_string().contains("TLS") => return Err(tls_unsupported()),
-        // redis-rs's parse errors name the problem, never the password.
-        Err(e) => return Err(Error::invalid(format!("node {index}: {e}"))),
-    };
-    let (host, port) = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-        ConnectionAddr::TcpTls { .. } => return Err(tls_unsupported()),
-        ConnectionAddr::Unix(_) => {
-            return Err(Error::Unsupported(
-                "unix socket addresses (use redis://host:port)",
-            ));
-        }
-        _ => return Err(Error::Unsupported("this kind of address")),
-    };
-    let settings = info.redis_settings();
-    if settings.db() < 0 {
-        return Err(Error::invalid(format!(
-            "node {index}: negative database number"
-        )));
-    }
-    Ok(Endpoint {
-        host,
-        port,
-        username: settings.username().map(str::to_owned),
-        password: settings.password().map(|p| Secret(p.to_owned())),
-        db: settings.db(),
-    })
-}
-
-fn tls_unsupported() -> Error {
-    Error::Unsupported("tls (rediss://) is not supported yet")
-}
-
-/// Refuses a server listed twice: it would vote twice. Compares the names
-/// as written and every address they resolve to (`localhost` and
-/// `127.0.0.1` are one server); [`connect_all`] also compares run ids.
-fn check_distinct(endpoints: &[Endpoint]) -> Result<()> {
-    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
-    for (i, e) in endpoints.iter().enumerate() {
-        for (j, other) in endpoints[..i].iter().enumerate() {
-            if e.host.eq_ignore_ascii_case(&other.host) && e.port == other.port {
-                return Err(duplicate(j, i, endpoints));
-            }
-        }
-        // An unresolvable name is reported when connecting, not here.
-        for addr in (e.host.as_str(), e.port)
-            .to_socket_addrs()
-            .into_iter()
-            .flatten()
-        {
-            if let Some(&j) = seen.get(&addr)
-                && j != i
-            {
-                return Err(duplicate(j, i, endpoints));
-            }
-            seen.insert(addr, i);
-        }
-    }
-    Ok(())
-}
-
-fn duplicate(first: usize, second: usize, endpoints: &[Endpoint]) -> Error {
-    Error::invalid(format!(
-        "duplicate node: {} and {} are the same server, which would vote twice",
-        endpoints[first].name(),
-        endpoints[second].name()
-    ))
-}
-
-/// Opens one connection to every node at once. Fails on configuration
-/// errors anywhere, or when fewer than a quorum answer.
-fn connect_all(quorum: &Quorum, preconnect: usize) -> Result<()> {
-    let results: Vec<std::result::Result<Option<[u8; 40]>, Failure>> = std::thread::scope(|s| {
-        let handles: Vec<_> = quorum
-            .nodes
-            .iter()
-            .map(|node| {
-                s.spawn(move || {
-                    let run_id = node.run_id()?;
-                    node.preconnect(preconnect)?;
-                    Ok(run_id)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or(Err(Failure::Protocol("connect thread panicked")))
-            })
-            .collect()
-    });
-    let mut reachable = 0;
-    let mut first_failure = None;
-    let mut run_ids: HashMap<[u8; 40], usize> = HashMap::new();
-    for (i, (node, result)) in quorum.nodes.iter().zip(results).enumerate() {
-        match result {
-            Ok(run_id) => {
-                reachable += 1;
-                if let Some(id) = run_id {
-                    if let Some(&j) = run_ids.get(&id) {
-                        return Err(Error::invalid(format!(
-                            "duplicate node: {} and {} are the same server (same run_id), which would vote twice",
-                            quorum.nodes[j].name, node.name
-                        )));
-                    }
-                    run_ids.insert(id, i);
-                }
-            }
-            // Wrong credentials or something that is not Redis will not heal.
-            Err(failure @ (Failure::Auth(_) | Failure::Protocol(_))) => {
-                return Err(failure.into_error(&node.name));
-            }
-            Err(failure) => {
-                let error = failure.into_error(&node.name);
-                log::warn!("redlease: node {} unreachable at build: {error}", node.name);
-                first_failure.get_or_insert(error);
-            }
-        }
-    }
-    if reachable >= quorum.needed() {
-        return Ok(());
-    }
-    match first_failure {
-        Some(error) if quorum.nodes.len() == 1 => Err(error),
-        cause => Err(Error::NoQuorum {
-            agreed: reachable,
-            nodes: quorum.nodes.len(),
-            cause: cause.map(Box::new),
-        }),
     }
 }
 
@@ -467,7 +314,7 @@ mod tests {
             .node(("127.0.0.1", 7000))
             .build()
             .expect("lazy build");
-        let check = |ttl| m.inner().check_ttl(ttl);
+        let check = |ttl| m.check_ttl(ttl);
         assert!(check(Duration::ZERO).is_err());
         assert!(check(Duration::from_micros(900)).is_err());
         // 2 ms is eaten by the fixed 2 ms drift allowance.

@@ -8,6 +8,10 @@
 //!   late reply that would be read as the answer to the next command.
 //! - Reads wait until one shared deadline, so an operation over several nodes
 //!   is bounded by one timeout, not one per node.
+//!
+//! The connection owns its broken/healthy state: it marks itself broken on
+//! any failure it sees, and on a reply that breaks the stream's framing or
+//! type expectations. The pool only asks [`Conn::is_clean`].
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -15,10 +19,13 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use smallvec::SmallVec;
 
-use crate::error::Failure;
+use crate::endpoint::Endpoint;
+use crate::error::{Failure, ServerError};
 use crate::resp::{self, ReadBuf, Reply};
 use crate::script::{self, SHAS};
+use crate::time;
 
 /// Write buffer capacity reserved at connect: fits every lock command for
 /// keys far beyond the 64 bytes the zero-allocation promise covers.
@@ -29,39 +36,6 @@ const WRITE_CAPACITY: usize = 1024;
 /// case (reply well before the deadline) makes none; a read can overrun the
 /// deadline by at most this much.
 const TIMEOUT_SLACK: Duration = Duration::from_millis(1);
-
-/// A password that never shows up in `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub(crate) struct Secret(pub(crate) String);
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-/// Where a node is and how to log in: what we keep of redis-rs's
-/// `ConnectionInfo`.
-#[derive(Debug, Clone)]
-pub(crate) struct Endpoint {
-    pub(crate) host: String,
-    pub(crate) port: u16,
-    pub(crate) username: Option<String>,
-    pub(crate) password: Option<Secret>,
-    pub(crate) db: i64,
-}
-
-impl Endpoint {
-    /// `host:port`, with brackets around IPv6 literals: how nodes are named in
-    /// errors and logs (no credentials, no database).
-    pub(crate) fn name(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
 
 /// Per-connection timeouts.
 #[derive(Debug, Clone, Copy)]
@@ -88,7 +62,7 @@ pub(crate) struct Conn {
     broken: bool,
     /// Whether this connection sat idle in the pool before its current use:
     /// the server may have closed it meanwhile.
-    pub(crate) reused: bool,
+    reused: bool,
     /// Whether any reply byte arrived since the last request was sent.
     got_reply_bytes: bool,
     /// Replies the server owes us: requests sent minus replies read. Only
@@ -150,45 +124,51 @@ impl Conn {
         }
         script::encode_load(&mut self.wbuf);
         resp::encode(&mut self.wbuf, &[b"PING"]);
-        self.send_many(commands)?;
+        // A server that refuses us outright (maxclients) writes its reason
+        // and closes: our write may then fail, but the reason is still there
+        // to read, and it is what the user needs to see.
+        let sent = self.send_many(commands);
+        if let Err(failure) = &sent
+            && !failure.is_disconnect()
+        {
+            return Err(self.fail(sent.unwrap_err()));
+        }
 
-        let deadline = Instant::now() + io_timeout;
-        // Read every reply even after a failure, so that the first failure
-        // reported is the root cause (a bad AUTH, not the NOAUTH after it).
-        let mut first_failure = None;
-        let mut note = |result: Result<(), Failure>| {
-            if let Err(failure) = result {
-                first_failure.get_or_insert(failure);
-            }
-        };
+        let deadline = time::deadline_in(io_timeout);
+        let mut expected: SmallVec<[Handshake; 5]> = SmallVec::new();
         if endpoint.password.is_some() {
-            note(self.recv_next_with(deadline, expect_ok)?);
+            expected.push(Handshake::Ok);
         }
         if endpoint.db != 0 {
-            note(self.recv_next_with(deadline, expect_ok)?);
+            expected.push(Handshake::Ok);
         }
-        for sha in [&SHAS.release, &SHAS.extend] {
-            let loaded = self.recv_next_with(deadline, |reply| script::check_loaded(reply, sha))?;
-            match loaded {
-                // A user allowed EVAL/EVALSHA but not SCRIPT LOAD still works:
-                // EVALSHA will answer NOSCRIPT and we fall back to EVAL.
-                Err(Failure::Server(text)) if text.starts_with(b"NOPERM") => {
-                    log::debug!("redlease: SCRIPT LOAD not permitted, will use EVAL as needed");
+        expected.extend([
+            Handshake::Loaded(&SHAS.release),
+            Handshake::Loaded(&SHAS.extend),
+            Handshake::Pong,
+        ]);
+        // Read every reply even after a failure, so that the first failure
+        // reported is the root cause (a bad AUTH, not the NOAUTH after it);
+        // stop at the first transport failure.
+        let mut first_failure = None;
+        for step in expected {
+            match self.recv_next_with(deadline, |reply| step.check(reply)) {
+                Ok(Ok(())) => {}
+                Ok(Err(failure)) => {
+                    first_failure.get_or_insert(failure);
                 }
-                other => note(other),
+                Err(failure) => {
+                    first_failure.get_or_insert(failure);
+                    break;
+                }
             }
         }
-        note(self.recv_next_with(deadline, |reply| match reply {
-            Reply::Simple(b"PONG") => Ok(()),
-            Reply::Error(text) => Err(script::server_error(text)),
-            _ => Err(Failure::Protocol("unexpected reply to PING")),
-        })?);
-        match first_failure {
-            Some(failure) => {
-                self.broken = true;
-                Err(failure)
-            }
-            None => Ok(()),
+        match (first_failure, sent) {
+            // The server's own words come first, then the socket's.
+            (Some(failure @ (Failure::Server(_) | Failure::Auth(_))), _) => Err(self.fail(failure)),
+            (_, Err(failure)) => Err(self.fail(failure)),
+            (Some(failure), Ok(())) => Err(self.fail(failure)),
+            (None, Ok(())) => Ok(()),
         }
     }
 
@@ -204,7 +184,7 @@ impl Conn {
     }
 
     /// Writes the write buffer, holding `commands` commands, in one call.
-    fn send_many(&mut self, commands: u32) -> Result<(), Failure> {
+    pub(crate) fn send_many(&mut self, commands: u32) -> Result<(), Failure> {
         self.got_reply_bytes = false;
         let result = self.stream.write_all(&self.wbuf);
         self.wbuf.clear();
@@ -242,7 +222,7 @@ impl Conn {
     /// Waits (until `deadline`) for the reply to the latest request and
     /// hands it to `read`, discarding the late replies to earlier ones (a
     /// request that timed out, then a clean-up sent behind it).
-    pub(crate) fn recv_latest_with<T>(
+    fn recv_latest_with<T>(
         &mut self,
         deadline: Instant,
         read: impl FnMut(Reply<'_>) -> T,
@@ -251,6 +231,24 @@ impl Conn {
             self.recv_next_with(deadline, |_| ())?;
         }
         self.recv_next_with(deadline, read)
+    }
+
+    /// Waits (until `deadline`) for the reply to the latest request and
+    /// interprets it. The outer error is the transport's; the inner one is
+    /// the reply's meaning: an error reply leaves the connection usable, a
+    /// reply of the wrong kind does not (the stream is no longer trusted).
+    pub(crate) fn recv_latest<T>(
+        &mut self,
+        deadline: Instant,
+        interpret: impl FnMut(Reply<'_>) -> Result<T, Failure>,
+    ) -> Result<Result<T, Failure>, Failure> {
+        let reply = self.recv_latest_with(deadline, interpret)?;
+        if let Err(failure) = &reply
+            && failure.breaks_connection()
+        {
+            self.broken = true;
+        }
+        Ok(reply)
     }
 
     /// Reads and drops whatever has already arrived, without waiting. Before
@@ -292,9 +290,10 @@ impl Conn {
         failure
     }
 
-    /// Marks the connection unusable (a reply of the wrong type, say).
-    pub(crate) fn mark_broken(&mut self) {
-        self.broken = true;
+    /// Called by the pool when the connection goes back idle: the server may
+    /// close it before its next use.
+    pub(crate) fn returned_to_pool(&mut self) {
+        self.reused = true;
     }
 
     /// Whether `failure` only shows that the server had closed this idle
@@ -331,11 +330,40 @@ fn read_into(stream: &mut TcpStream, rbuf: &mut ReadBuf) -> Result<(), Failure> 
     Ok(())
 }
 
-fn expect_ok(reply: Reply<'_>) -> Result<(), Failure> {
-    match reply {
-        Reply::Simple(b"OK") => Ok(()),
-        Reply::Error(text) => Err(script::server_error(text)),
-        _ => Err(Failure::Protocol("unexpected reply during the handshake")),
+/// A reply the handshake expects, in order.
+#[derive(Debug, Clone, Copy)]
+enum Handshake {
+    /// `+OK` to `AUTH` or `SELECT`.
+    Ok,
+    /// The SHA of a script we asked the server to load.
+    Loaded(&'static [u8; 40]),
+    /// `+PONG`.
+    Pong,
+}
+
+impl Handshake {
+    fn check(self, reply: Reply<'_>) -> Result<(), Failure> {
+        match (self, reply) {
+            (Handshake::Loaded(sha), reply) => match script::check_loaded(reply, sha) {
+                // Without SCRIPT (not permitted, or renamed away) the scripts
+                // still run: EVALSHA answers NOSCRIPT and we send the source.
+                Err(failure)
+                    if matches!(
+                        failure.server_error(),
+                        Some(ServerError::CommandDenied | ServerError::UnknownCommand)
+                    ) =>
+                {
+                    log::debug!("redlease: SCRIPT LOAD unavailable, scripts will go by source");
+                    Ok(())
+                }
+                other => other,
+            },
+            (_, Reply::Error(text)) => Err(Failure::from_server(text)),
+            (Handshake::Ok, Reply::Simple(b"OK")) | (Handshake::Pong, Reply::Simple(b"PONG")) => {
+                Ok(())
+            }
+            _ => Err(Failure::Protocol("unexpected reply during the handshake")),
+        }
     }
 }
 

@@ -92,6 +92,15 @@ pub enum Error {
         /// The server's own text, possibly shortened.
         message: Box<str>,
     },
+    /// `build()` found that the user may not run a command that taking,
+    /// renewing or releasing a lock needs (it probes each node once): locks
+    /// could be taken but never released. Not retryable.
+    Permission {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// What was refused, and the server's own text.
+        message: Box<str>,
+    },
     /// A node refused our credentials, or wants some and got none.
     Auth {
         /// The node, as `host:port`.
@@ -125,9 +134,10 @@ impl Error {
             Error::InvalidArgument(_)
             | Error::Unsupported(_)
             | Error::Auth { .. }
+            | Error::Permission { .. }
             | Error::RandomSource(_)
             | Error::LockLost => false,
-            Error::Server { message, .. } => !is_permanent_server_error(message),
+            Error::Server { message, .. } => ServerError::of(message.as_bytes()).may_pass(),
             _ => true,
         }
     }
@@ -142,17 +152,56 @@ impl Error {
     }
 }
 
-/// Server errors that will not go away by waiting.
-fn is_permanent_server_error(message: &str) -> bool {
-    [
-        "NOPERM",
-        "WRONGTYPE",
-        "NOAUTH",
-        "WRONGPASS",
-        "ERR unknown command",
-    ]
-    .iter()
-    .any(|prefix| message.starts_with(prefix))
+/// What a server's error reply means to a lock. Decided here and nowhere
+/// else, from the reply's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ServerError {
+    /// `NOSCRIPT`: the server's script cache lost our script; sending its
+    /// source fixes it.
+    NoScript,
+    /// `NOAUTH`, `WRONGPASS`: credentials refused, or missing.
+    Auth,
+    /// The user may not run a command, directly (`NOPERM … command`) or from
+    /// a script ("can't run this command").
+    CommandDenied,
+    /// The user may not touch this key (`NOPERM … keys`, or from a script).
+    KeyDenied,
+    /// `ERR unknown command`: renamed away, or a server too old.
+    UnknownCommand,
+    /// Will not heal by waiting: `WRONGTYPE` and the like.
+    Permanent,
+    /// May pass: `OOM`, `BUSY`, `LOADING`, `READONLY`, max clients…
+    Transient,
+}
+
+impl ServerError {
+    /// Classifies an error reply's text (without its `-`).
+    pub(crate) fn of(text: &[u8]) -> ServerError {
+        let has = |needle: &[u8]| text.windows(needle.len()).any(|w| w == needle);
+        if text.starts_with(b"NOSCRIPT") {
+            ServerError::NoScript
+        } else if text.starts_with(b"NOAUTH") || text.starts_with(b"WRONGPASS") {
+            ServerError::Auth
+        } else if text.starts_with(b"NOPERM") || has(b"The user executing the script can't") {
+            // Redis 6.2–7.x word these differently; all name what was refused.
+            if has(b"command") && !has(b"keys mentioned") {
+                ServerError::CommandDenied
+            } else {
+                ServerError::KeyDenied
+            }
+        } else if text.starts_with(b"ERR unknown command") {
+            ServerError::UnknownCommand
+        } else if text.starts_with(b"WRONGTYPE") {
+            ServerError::Permanent
+        } else {
+            ServerError::Transient
+        }
+    }
+
+    /// Whether waiting and trying again can help.
+    pub(crate) fn may_pass(self) -> bool {
+        matches!(self, ServerError::Transient | ServerError::NoScript)
+    }
 }
 
 impl fmt::Display for Error {
@@ -194,6 +243,9 @@ impl fmt::Display for Error {
             Error::Server { node, message } => write!(f, "server error from {node}: {message}"),
             Error::Auth { node, message } => {
                 write!(f, "authentication failed on {node}: {message}")
+            }
+            Error::Permission { node, message } => {
+                write!(f, "permission denied on {node}: {message}")
             }
             Error::PoolTimeout { node, waited } => write!(
                 f,
@@ -251,7 +303,12 @@ impl ServerText {
         self.as_bytes().starts_with(prefix)
     }
 
-    fn to_boxed_str(self) -> Box<str> {
+    /// What the server meant.
+    pub(crate) fn kind(&self) -> ServerError {
+        ServerError::of(self.as_bytes())
+    }
+
+    pub(crate) fn to_boxed_str(self) -> Box<str> {
         String::from_utf8_lossy(self.as_bytes()).into()
     }
 }
@@ -286,6 +343,24 @@ pub(crate) enum Failure {
 }
 
 impl Failure {
+    /// A server's error reply: credentials problems are told apart because
+    /// they are configuration errors, not passing trouble.
+    pub(crate) fn from_server(text: &[u8]) -> Failure {
+        let text = ServerText::new(text);
+        match text.kind() {
+            ServerError::Auth => Failure::Auth(text),
+            _ => Failure::Server(text),
+        }
+    }
+
+    /// What a server error reply meant; `None` for other failures.
+    pub(crate) fn server_error(&self) -> Option<ServerError> {
+        match self {
+            Failure::Server(text) | Failure::Auth(text) => Some(text.kind()),
+            _ => None,
+        }
+    }
+
     /// Whether the connection that saw this failure must be closed. Only a
     /// clean error reply leaves the stream in a known state.
     pub(crate) fn breaks_connection(&self) -> bool {
@@ -395,6 +470,50 @@ mod tests {
         assert_eq!(ServerText::new(b"BUSY").as_bytes(), b"BUSY");
     }
 
+    /// The texts Redis 7.0 sends, each classified as a lock needs it.
+    #[test]
+    fn server_error_classification() {
+        let cases: [(&[u8], ServerError); 9] = [
+            (b"NOSCRIPT No matching script. Please use EVAL.", ServerError::NoScript),
+            (b"WRONGPASS invalid username-password pair or user is disabled.", ServerError::Auth),
+            (b"NOAUTH Authentication required.", ServerError::Auth),
+            (
+                b"NOPERM this user has no permissions to run the 'evalsha' command",
+                ServerError::CommandDenied,
+            ),
+            (
+                b"NOPERM this user has no permissions to access one of the keys used as arguments",
+                ServerError::KeyDenied,
+            ),
+            (
+                b"ERR The user executing the script can't run this command or subcommand script: 98b2, on @user_script:1.",
+                ServerError::CommandDenied,
+            ),
+            (
+                b"ERR The user executing the script can't access at least one of the keys mentioned in the command arguments script: 51c1, on @user_script:1.",
+                ServerError::KeyDenied,
+            ),
+            (b"ERR unknown command 'SCRIPT', with args beginning with: 'LOAD'", ServerError::UnknownCommand),
+            (b"OOM command not allowed when used memory > 'maxmemory'.", ServerError::Transient),
+        ];
+        for (text, kind) in cases {
+            assert_eq!(
+                ServerError::of(text),
+                kind,
+                "{}",
+                String::from_utf8_lossy(text)
+            );
+        }
+        assert!(matches!(
+            Failure::from_server(b"WRONGPASS x"),
+            Failure::Auth(_)
+        ));
+        assert!(matches!(
+            Failure::from_server(b"BUSY x"),
+            Failure::Server(_)
+        ));
+    }
+
     #[test]
     fn retryable_classification() {
         let node: Arc<str> = Arc::from("n");
@@ -402,6 +521,8 @@ mod tests {
         assert!(server(b"OOM command not allowed").is_retryable());
         assert!(server(b"BUSY Redis is busy").is_retryable());
         assert!(!server(b"NOPERM this user has no permissions").is_retryable());
+        assert!(!server(b"ERR unknown command 'SCRIPT'").is_retryable());
+        assert!(server(b"ERR max number of clients reached").is_retryable());
         assert!(!Error::invalid("key is empty").is_retryable());
         assert!(Failure::Timeout.into_error(&node).is_retryable());
         assert!(

@@ -47,6 +47,7 @@
 
 mod builder;
 mod conn;
+mod endpoint;
 mod error;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
@@ -54,10 +55,13 @@ pub mod internals;
 mod lock;
 mod manager;
 mod node;
+mod probe;
 mod quorum;
 mod resp;
 mod retry;
+mod round;
 mod script;
+mod time;
 mod token;
 
 pub use builder::LockManagerBuilder;

@@ -7,6 +7,7 @@ use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
 use crate::manager::LockManager;
+use crate::quorum::ExtendFailed;
 use crate::token::Token;
 
 /// Keys up to this many bytes live inside the guard; longer ones cost one
@@ -63,8 +64,11 @@ impl Lock {
     }
 
     /// How long the lock is still valid by this process's monotonic clock;
-    /// zero once it has expired (or was found lost by `extend`). Does not
-    /// block.
+    /// zero once it has expired, was found lost, or could not be confirmed
+    /// renewed in time. Does not block.
+    ///
+    /// Invariant: it never exceeds the TTL that a majority of the nodes
+    /// could still hold for this lock (see [`extend`](Lock::extend)).
     pub fn remaining(&self) -> Duration {
         if self.done {
             return Duration::ZERO;
@@ -78,30 +82,41 @@ impl Lock {
     /// - `Err(Error::LockLost)`: the lock expired or another owner has it;
     ///   it cannot be won back, [`remaining`](Lock::remaining) is now zero,
     ///   and work protected by it must stop.
-    /// - Any other error (too few nodes answered, say): the lock was not
-    ///   renewed but the previous validity stands, so retrying while
-    ///   `remaining()` is above zero is reasonable.
+    /// - `Err(Error::ValidityExpired)`: a quorum renewed it, but too late to
+    ///   count; `remaining()` is now zero (the nodes hold the key only for
+    ///   the short rest of `ttl`). Extending again reports it lost.
+    /// - Any other error (too few nodes answered, say): the renewal may
+    ///   still have reached some nodes, so `remaining()` becomes the smaller
+    ///   of what it was and what the new `ttl` gives from this call: a
+    ///   shorter `ttl` shortens it, a longer one leaves it as it was.
+    ///   Retrying while `remaining()` is above zero is reasonable.
     pub fn extend(&mut self, ttl: Duration) -> Result<()> {
-        let ttl = self.manager.inner().check_ttl(ttl)?;
+        let ttl = self.manager.check_ttl(ttl)?;
         if self.done || self.remaining().is_zero() {
             self.give_up();
             return Err(Error::LockLost);
         }
-        match self
-            .manager
-            .inner()
-            .quorum
-            .extend(&self.key, &self.token, ttl)
-        {
+        match self.manager.extend(&self.key, &self.token, ttl) {
             Ok(valid_until) => {
                 self.valid_until = valid_until;
                 Ok(())
             }
-            Err(Error::LockLost) => {
+            Err(ExtendFailed {
+                error: Error::LockLost,
+                ..
+            }) => {
                 self.done = true;
                 Err(Error::LockLost)
             }
-            Err(e) => Err(e),
+            Err(ExtendFailed {
+                error,
+                valid_until_at_most,
+            }) => {
+                if let Some(at_most) = valid_until_at_most {
+                    self.valid_until = self.valid_until.min(at_most);
+                }
+                Err(error)
+            }
         }
     }
 
@@ -113,35 +128,37 @@ impl Lock {
     /// error means too few nodes answered to tell; the lock then expires by
     /// its TTL.
     pub fn release(mut self) -> Result<bool> {
-        if self.done {
-            return Ok(false);
+        match self.finish() {
+            Some(released) => released,
+            None => Ok(false),
         }
-        self.done = true;
-        self.manager.inner().quorum.release(&self.key, &self.token)
     }
 
     /// Marks the lock lost and cleans up whatever may be left of it.
     fn give_up(&mut self) {
-        if !self.done {
-            self.done = true;
-            let _ = self.manager.inner().quorum.release(&self.key, &self.token);
+        let _ = self.finish();
+    }
+
+    /// The one way out: releases on every node unless that was done
+    /// already (then `None`), and marks the guard done.
+    fn finish(&mut self) -> Option<Result<bool>> {
+        if self.done {
+            return None;
         }
+        self.done = true;
+        Some(self.manager.release(&self.key, &self.token))
     }
 }
 
 impl Drop for Lock {
     fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        self.done = true;
-        match self.manager.inner().quorum.release(&self.key, &self.token) {
-            Ok(true) => {}
-            Ok(false) => log::debug!(
+        match self.finish() {
+            None | Some(Ok(true)) => {}
+            Some(Ok(false)) => log::debug!(
                 "redlease: lock on {} had already expired when dropped",
                 self.key.escape_ascii()
             ),
-            Err(e) => log::warn!(
+            Some(Err(e)) => log::warn!(
                 "redlease: releasing lock on {} when dropped failed (it expires by its ttl): {e}",
                 self.key.escape_ascii()
             ),

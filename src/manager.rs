@@ -4,13 +4,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use retry::OperationResult;
-
 use crate::builder::LockManagerBuilder;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
-use crate::quorum::{Acquired, Quorum};
+use crate::quorum::{Acquired, ExtendFailed, Quorum};
 use crate::retry::RetryPolicy;
+use crate::time;
 use crate::token::Token;
 
 /// Hands out locks on one Redis node or a Redlock quorum of independent
@@ -35,16 +34,37 @@ use crate::token::Token;
 /// ```
 #[derive(Clone)]
 pub struct LockManager {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
 /// What every clone shares.
 #[derive(Debug)]
-pub(crate) struct Inner {
-    pub(crate) quorum: Quorum,
-    pub(crate) retry: RetryPolicy,
+struct Shared {
+    quorum: Quorum,
+    retry: RetryPolicy,
+    limits: Limits,
+}
+
+/// What keys and TTLs the manager accepts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
     pub(crate) max_ttl: Duration,
     pub(crate) max_key_len: usize,
+}
+
+/// Why waiting for a lock stopped.
+enum Waited {
+    Got(Lock),
+    /// The policy's attempts ran out; the lock was held at the last one.
+    Held {
+        attempts: u32,
+    },
+    /// The wait bound passed; the lock was held at the last attempt.
+    TimedOut {
+        attempts: u32,
+    },
+    /// An error that is final, or the last attempt's.
+    Failed(Error),
 }
 
 impl LockManager {
@@ -53,24 +73,24 @@ impl LockManager {
         LockManagerBuilder::default()
     }
 
-    pub(crate) fn from_inner(inner: Inner) -> LockManager {
+    pub(crate) fn new(quorum: Quorum, retry: RetryPolicy, limits: Limits) -> LockManager {
         LockManager {
-            inner: Arc::new(inner),
+            shared: Arc::new(Shared {
+                quorum,
+                retry,
+                limits,
+            }),
         }
-    }
-
-    pub(crate) fn inner(&self) -> &Inner {
-        &self.inner
     }
 
     /// Number of nodes.
     pub fn nodes(&self) -> usize {
-        self.inner.quorum.nodes.len()
+        self.shared.quorum.nodes().len()
     }
 
     /// Votes needed for a lock: a strict majority of the nodes.
     pub fn quorum(&self) -> usize {
-        self.inner.quorum.needed()
+        self.shared.quorum.needed()
     }
 
     /// Makes one attempt to take the lock on `key` for `ttl`; never waits for
@@ -86,7 +106,7 @@ impl LockManager {
     /// the clock-drift allowance and stay within the configured maximum.
     pub fn try_lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Option<Lock>> {
         let key = key.as_ref();
-        let ttl = self.inner.check(key, ttl)?;
+        let ttl = self.check(key, ttl)?;
         self.attempt(key, ttl, 1)
     }
 
@@ -97,7 +117,7 @@ impl LockManager {
     /// [`Error::WaitTimedOut`] when its wait bound passes, or the last error
     /// when that error is not worth retrying (or was the last attempt's).
     pub fn lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Lock> {
-        self.lock_with(key, ttl, &self.inner.retry)
+        self.lock_with(key, ttl, &self.shared.retry)
     }
 
     /// [`lock`](Self::lock) with a retry policy for this call only.
@@ -108,19 +128,22 @@ impl LockManager {
         policy: &RetryPolicy,
     ) -> Result<Lock> {
         let key = key.as_ref();
-        let ttl = self.inner.check(key, ttl)?;
+        let ttl = self.check(key, ttl)?;
         let started = Instant::now();
-        let deadline = policy.wait_bound().map(|wait| started + wait);
-        match self.wait(key, ttl, policy, deadline)? {
-            Ok(lock) => Ok(lock),
-            Err(attempts) => {
-                let waited = started.elapsed();
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    Err(Error::WaitTimedOut { attempts, waited })
-                } else {
-                    Err(Error::Held { attempts, waited })
-                }
-            }
+        let deadline = policy
+            .wait_bound()
+            .map(|wait| time::deadline(started, wait));
+        match self.wait(key, ttl, policy, deadline) {
+            Waited::Got(lock) => Ok(lock),
+            Waited::Held { attempts } => Err(Error::Held {
+                attempts,
+                waited: started.elapsed(),
+            }),
+            Waited::TimedOut { attempts } => Err(Error::WaitTimedOut {
+                attempts,
+                waited: started.elapsed(),
+            }),
+            Waited::Failed(e) => Err(e),
         }
     }
 
@@ -136,67 +159,101 @@ impl LockManager {
         wait: Duration,
     ) -> Result<Option<Lock>> {
         let key = key.as_ref();
-        let ttl = self.inner.check(key, ttl)?;
-        let policy = self.inner.retry.clone().max_attempts(u32::MAX);
-        let deadline = Instant::now().checked_add(wait);
-        Ok(self.wait(key, ttl, &policy, deadline)?.ok())
+        let ttl = self.check(key, ttl)?;
+        let policy = self.shared.retry.clone().max_attempts(u32::MAX);
+        match self.wait(key, ttl, &policy, Some(time::deadline_in(wait))) {
+            Waited::Got(lock) => Ok(Some(lock)),
+            Waited::Held { .. } | Waited::TimedOut { .. } => Ok(None),
+            Waited::Failed(e) => Err(e),
+        }
     }
 
-    /// Attempts until one succeeds, or the delays run out (`Ok(Err(attempts))`
-    /// when the lock was held at the last attempt), or an error is final.
+    /// Attempts until one succeeds, an error is final, or the policy's
+    /// attempts or the deadline run out; says which.
     fn wait(
         &self,
         key: &[u8],
         ttl: Duration,
         policy: &RetryPolicy,
         deadline: Option<Instant>,
-    ) -> Result<Result<Lock, u32>> {
-        let outcome = retry::retry_with_index(policy.delays(deadline), |attempt| {
-            match self.attempt(key, ttl, attempt) {
-                Ok(Some(lock)) => OperationResult::Ok(lock),
-                // Contended: retry, remembering no error.
-                Ok(None) => OperationResult::Retry(None),
-                Err(e) if e.is_retryable() => OperationResult::Retry(Some(e)),
-                Err(e) => OperationResult::Err(Some(e)),
+    ) -> Waited {
+        let mut delays = policy.delays();
+        let mut attempts = 0u32;
+        loop {
+            attempts = attempts.saturating_add(1);
+            // `None`: held by another owner; `Some`: a failure worth retrying.
+            let trouble = match self.attempt(key, ttl, attempts) {
+                Ok(Some(lock)) => return Waited::Got(lock),
+                Ok(None) => None,
+                Err(e) if e.is_retryable() => Some(e),
+                Err(e) => return Waited::Failed(e),
+            };
+            let stop = |held: Waited| trouble.map_or(held, Waited::Failed);
+            let Some(mut delay) = delays.next() else {
+                return stop(Waited::Held { attempts });
+            };
+            if let Some(deadline) = deadline {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return stop(Waited::TimedOut { attempts });
+                }
+                delay = delay.min(left);
             }
-        });
-        match outcome {
-            Ok(lock) => Ok(Ok(lock)),
-            Err(retry::Error { error: Some(e), .. }) => Err(e),
-            Err(retry::Error { tries, .. }) => Ok(Err(u32::try_from(tries).unwrap_or(u32::MAX))),
+            std::thread::sleep(delay);
         }
     }
 
     /// One attempt with a fresh token; `attempt` counts from 1.
-    fn attempt(&self, key: &[u8], ttl: Duration, attempt: u64) -> Result<Option<Lock>> {
+    fn attempt(&self, key: &[u8], ttl: Duration, attempt: u32) -> Result<Option<Lock>> {
         let token = Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?;
-        match self.inner.quorum.acquire(key, &token, ttl)? {
-            Acquired::Granted { valid_until } => {
-                let attempts = u32::try_from(attempt).unwrap_or(u32::MAX);
-                Ok(Some(Lock::new(
-                    self.clone(),
-                    key,
-                    token,
-                    valid_until,
-                    attempts,
-                )))
-            }
+        match self.shared.quorum.acquire(key, &token, ttl)? {
+            Acquired::Granted { valid_until } => Ok(Some(Lock::new(
+                self.clone(),
+                key,
+                token,
+                valid_until,
+                attempt,
+            ))),
             Acquired::Held => Ok(None),
         }
     }
-}
 
-impl Inner {
+    /// Renews a lock on the quorum; for [`Lock::extend`].
+    pub(crate) fn extend(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Instant, ExtendFailed> {
+        self.shared.quorum.extend(key, token, ttl)
+    }
+
+    /// Releases a lock on the quorum; for [`Lock::release`] and its `Drop`.
+    pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool> {
+        self.shared.quorum.release(key, token)
+    }
+
+    /// What keys and TTLs this manager accepts.
+    #[cfg(feature = "internals")]
+    pub(crate) fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    /// The clock-drift allowance for `ttl`.
+    pub(crate) fn drift(&self, ttl: Duration) -> Duration {
+        self.shared.quorum.drift(ttl)
+    }
+
     /// Validates a key and a TTL; returns the TTL in whole milliseconds.
     pub(crate) fn check(&self, key: &[u8], ttl: Duration) -> Result<Duration> {
+        let max_key_len = self.shared.limits.max_key_len;
         if key.is_empty() {
             return Err(Error::invalid("key is empty"));
         }
-        if key.len() > self.max_key_len {
+        if key.len() > max_key_len {
             return Err(Error::invalid(format!(
-                "key is {} bytes, over the {} byte cap",
+                "key is {} bytes, over the {max_key_len} byte cap",
                 key.len(),
-                self.max_key_len
             )));
         }
         self.check_ttl(ttl)
@@ -206,15 +263,15 @@ impl Inner {
     /// is sent (`PX`, `PEXPIRE`). `PEXPIRE 0` would delete the key, so a TTL
     /// is never let through as zero.
     pub(crate) fn check_ttl(&self, ttl: Duration) -> Result<Duration> {
-        if ttl > self.max_ttl {
+        let max_ttl = self.shared.limits.max_ttl;
+        if ttl > max_ttl {
             return Err(Error::invalid(format!(
-                "ttl {ttl:?} is over the {:?} cap",
-                self.max_ttl
+                "ttl {ttl:?} is over the {max_ttl:?} cap"
             )));
         }
         // Cannot truncate: max_ttl is far below u64::MAX milliseconds.
         let ttl = Duration::from_millis(ttl.as_millis() as u64);
-        let drift = self.quorum.drift(ttl);
+        let drift = self.drift(ttl);
         if ttl <= drift {
             return Err(Error::invalid(format!(
                 "ttl {ttl:?} leaves no validity after the {drift:?} clock-drift allowance"
@@ -227,9 +284,9 @@ impl Inner {
 impl fmt::Debug for LockManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockManager")
-            .field("nodes", &self.inner.quorum.nodes)
+            .field("nodes", &self.shared.quorum.nodes())
             .field("quorum", &self.quorum())
-            .field("retry", &self.inner.retry)
+            .field("retry", &self.shared.retry)
             .finish_non_exhaustive()
     }
 }

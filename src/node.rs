@@ -5,21 +5,30 @@
 //! pool empty opens a new connection while there is room, and otherwise waits
 //! (bounded) for one to come back.
 //!
-//! Health is a reconnect backoff: after a failed connect or a timeout the node
-//! is skipped ([`Failure::Down`]) for a while, starting at 50 ms and doubling
-//! up to 1 s, so that a dead or hung minority costs a quorum one timeout per
-//! backoff period instead of one per lock.
+//! Health is the node's own business, told to it by its [`Checkout`]s:
+//! - any well-formed reply marks it healthy at once;
+//! - a failed connect, or a timeout on a request that had time to be
+//!   answered, puts it in a reconnect backoff (50 ms doubling to 1 s) during
+//!   which it is skipped ([`Failure::Down`]), so a dead or hung minority
+//!   costs a quorum one timeout per backoff, not one per lock;
+//! - a node that failed is never reconnected on the hot path: once its
+//!   backoff ends, a thread connects in the background and puts the
+//!   connection in the pool, while operations skip the node until then.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::conn::{Conn, Endpoint, Timeouts};
+use crate::conn::{Conn, Timeouts};
+use crate::endpoint::Endpoint;
 use crate::error::Failure;
 use crate::resp::Reply;
+use crate::time;
 
 /// First reconnect backoff after a failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -35,6 +44,17 @@ pub(crate) struct PoolConfig {
     pub(crate) wait: Duration,
 }
 
+/// How to take a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Take {
+    /// An idle one if any, else a new one (see [`Node::checkout`]).
+    Pooled,
+    /// A new one, connecting within `budget` at most: the idle connection
+    /// just used proved stale (closed by the server while it sat idle), so
+    /// its siblings, which sat at least as long, are closed too.
+    Fresh { budget: Duration },
+}
+
 /// A Redis endpoint and its connections.
 pub(crate) struct Node {
     /// `host:port`, shared with every error that names this node.
@@ -45,6 +65,9 @@ pub(crate) struct Node {
     state: Mutex<State>,
     /// Signalled whenever a connection or a slot for one becomes free.
     freed: Condvar,
+    /// Consecutive failures, for the backoff; zero when healthy. Atomic so
+    /// that a healthy reply costs one load, not a lock.
+    failures: AtomicU32,
 }
 
 struct State {
@@ -58,8 +81,8 @@ struct State {
     open: usize,
     /// While set and in the future, the node is skipped.
     down_until: Option<Instant>,
-    /// Consecutive failures, for the backoff.
-    failures: u32,
+    /// A background connect is under way.
+    reconnecting: bool,
 }
 
 impl fmt::Debug for Node {
@@ -82,47 +105,57 @@ impl Node {
                 idle: Vec::with_capacity(config.max_conns),
                 open: 0,
                 down_until: None,
-                failures: 0,
+                reconnecting: false,
             }),
             freed: Condvar::new(),
+            failures: AtomicU32::new(0),
         }
     }
 
-    /// Takes a connection: an idle one if any, else a new one while there is
-    /// room, else the first one returned within the pool wait. With `fresh`,
-    /// idle connections are closed first rather than used (after a stale
-    /// one, its siblings are suspect too).
-    pub(crate) fn checkout(&self, fresh: bool) -> Result<Checkout<'_>, Failure> {
+    /// The I/O timeout its connections use.
+    pub(crate) fn io_timeout(&self) -> Duration {
+        self.timeouts.io
+    }
+
+    /// Takes a connection: an idle one if any; else, while there is room, a
+    /// new one (connected here if the node is healthy, in the background if
+    /// it failed recently: then this returns [`Failure::Down`]); else the
+    /// first one returned within the pool wait.
+    pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
         if let Some(until) = state.down_until
             && Instant::now() < until
         {
             return Err(Failure::Down);
         }
-        if fresh {
-            // The idle connection that proved stale was the most recently
-            // used: the others sat idle at least as long (a server restart or
-            // idle timeout closes them all). Close them rather than try each.
-            let stale = std::mem::take(&mut state.idle);
-            state.open -= stale.len();
-            state.idle.reserve(self.config.max_conns);
-            drop(stale);
-        }
+        let connect_within = match take {
+            Take::Pooled => self.timeouts.connect,
+            Take::Fresh { budget } => {
+                let stale = std::mem::take(&mut state.idle);
+                state.open -= stale.len();
+                state.idle.reserve(self.config.max_conns);
+                drop(stale);
+                budget.min(self.timeouts.connect)
+            }
+        };
         let mut deadline = None;
         loop {
             if let Some(conn) = state.idle.pop() {
                 return Ok(Checkout {
                     node: self,
                     conn: Some(conn),
-                    slow: deadline.is_some(),
                 });
             }
             if state.open < self.config.max_conns {
+                if take == Take::Pooled && self.failures.load(Ordering::Relaxed) > 0 {
+                    self.reconnect_in_background(&mut state);
+                    return Err(Failure::Down);
+                }
                 state.open += 1;
                 drop(state);
-                return self.open_new();
+                return self.open_new(connect_within);
             }
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + self.config.wait);
+            let deadline = *deadline.get_or_insert_with(|| time::deadline_in(self.config.wait));
             if self.freed.wait_until(&mut state, deadline).timed_out()
                 && state.idle.is_empty()
                 && state.open >= self.config.max_conns
@@ -132,33 +165,62 @@ impl Node {
         }
     }
 
-    /// Opens a connection in a slot already counted in `open`.
-    fn open_new(&self) -> Result<Checkout<'_>, Failure> {
-        match Conn::connect(&self.endpoint, self.timeouts) {
+    /// Opens a connection in a slot already counted in `open`, within
+    /// `connect_within`.
+    fn open_new(&self, connect_within: Duration) -> Result<Checkout<'_>, Failure> {
+        let timeouts = Timeouts {
+            connect: connect_within,
+            ..self.timeouts
+        };
+        match Conn::connect(&self.endpoint, timeouts) {
             Ok(conn) => {
                 self.mark_up();
                 Ok(Checkout {
                     node: self,
                     conn: Some(Box::new(conn)),
-                    slow: true,
                 })
             }
             Err(failure) => {
-                {
-                    let mut state = self.state.lock();
-                    state.open -= 1;
-                }
+                self.state.lock().open -= 1;
                 self.freed.notify_one();
-                self.mark_down(&failure);
+                // A connect cut short by the caller's budget says little.
+                if connect_within >= self.timeouts.connect || !matches!(failure, Failure::Timeout) {
+                    self.mark_down(&failure);
+                }
                 Err(failure)
             }
+        }
+    }
+
+    /// Starts a thread that opens one connection and puts it in the pool,
+    /// unless one is already at it. The thread holds the node only weakly:
+    /// a manager dropped meanwhile is not kept alive, and the thread ends
+    /// within one connect timeout and one I/O timeout.
+    fn reconnect_in_background(self: &Arc<Node>, state: &mut State) {
+        if state.reconnecting {
+            return;
+        }
+        state.reconnecting = true;
+        state.open += 1;
+        let node = Arc::downgrade(self);
+        let (endpoint, timeouts) = (self.endpoint.clone(), self.timeouts);
+        let spawned = thread::Builder::new()
+            .name("redlease-reconnect".into())
+            .spawn(move || reconnected(&node, Conn::connect(&endpoint, timeouts)));
+        if let Err(e) = spawned {
+            state.reconnecting = false;
+            state.open -= 1;
+            log::warn!(
+                "redlease: cannot start a reconnect thread for {}: {e}",
+                self.name
+            );
         }
     }
 
     fn give_back(&self, mut conn: Box<Conn>) {
         let mut state = self.state.lock();
         if conn.is_clean() {
-            conn.reused = true;
+            conn.returned_to_pool();
             state.idle.push(conn);
         } else {
             state.open -= 1;
@@ -169,26 +231,24 @@ impl Node {
         self.freed.notify_one();
     }
 
-    /// Puts the node in its reconnect backoff. Called after a failed connect
-    /// and after a timeout; other failures (a reset connection, a server error
-    /// reply) say nothing about the next connection.
-    pub(crate) fn mark_down(&self, failure: &Failure) {
-        let mut state = self.state.lock();
-        let shift = state.failures.min(5);
-        state.failures = state.failures.saturating_add(1);
-        let backoff = (BACKOFF_MIN * (1 << shift)).min(BACKOFF_MAX);
-        state.down_until = Some(Instant::now() + backoff);
-        drop(state);
+    /// Puts the node in its reconnect backoff.
+    fn mark_down(&self, failure: &Failure) {
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed);
+        let backoff = (BACKOFF_MIN * (1 << failures.min(5))).min(BACKOFF_MAX);
+        self.state.lock().down_until = Some(Instant::now() + backoff);
         log::warn!(
             "redlease: node {} marked down for {backoff:?}: {failure:?}",
             self.name
         );
     }
 
+    /// Marks the node healthy: one atomic load when it already is.
     fn mark_up(&self) {
+        if self.failures.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         let mut state = self.state.lock();
-        if state.failures > 0 {
-            state.failures = 0;
+        if self.failures.swap(0, Ordering::Relaxed) > 0 {
             state.down_until = None;
             drop(state);
             log::info!("redlease: node {} is back up", self.name);
@@ -197,42 +257,72 @@ impl Node {
 
     /// Opens connections until `n` are idle in the pool (at most the pool
     /// size), so that the first burst of locks does not pay for connecting.
-    pub(crate) fn preconnect(&self, n: usize) -> Result<(), Failure> {
+    pub(crate) fn preconnect(self: &Arc<Node>, n: usize) -> Result<(), Failure> {
         let mut held = Vec::with_capacity(n);
         while held.len() < n.min(self.config.max_conns) {
-            held.push(self.checkout(false)?);
+            held.push(self.checkout(Take::Pooled)?);
         }
         Ok(())
     }
+}
 
-    /// The server's `run_id` (from `INFO server`), which tells two addresses
-    /// of one server apart from two servers. `None` when the server will not
-    /// say (an ACL user without `INFO`).
-    pub(crate) fn run_id(&self) -> Result<Option<[u8; 40]>, Failure> {
-        let mut conn = self.checkout(false)?;
-        crate::resp::encode(conn.request(), &[b"INFO", b"server"]);
-        conn.send()?;
-        let deadline = Instant::now() + self.timeouts.io;
-        conn.recv_next_with(deadline, |reply| match reply {
-            Reply::Bulk(info) => Ok(info
-                .split(|&b| b == b'\n')
-                .find_map(|line| line.strip_prefix(b"run_id:"))
-                .and_then(|id| id.get(..40))
-                .and_then(|id| id.try_into().ok())),
-            Reply::Error(_) => Ok(None),
-            _ => Err(Failure::Protocol("unexpected reply to INFO")),
-        })?
+/// Delivers a background connect's outcome to its node, if the node is
+/// still there.
+fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>) {
+    let Some(node) = node.upgrade() else { return };
+    let mut state = node.state.lock();
+    state.reconnecting = false;
+    match result {
+        Ok(mut conn) => {
+            conn.returned_to_pool();
+            state.idle.push(Box::new(conn));
+            drop(state);
+            node.mark_up();
+        }
+        Err(failure) => {
+            state.open -= 1;
+            drop(state);
+            node.mark_down(&failure);
+        }
     }
+    node.freed.notify_one();
 }
 
 /// A connection taken from a node's pool; goes back (or is closed, if
-/// broken) when dropped.
+/// broken) when dropped. Tells the node how its requests went.
 pub(crate) struct Checkout<'a> {
     node: &'a Node,
     conn: Option<Box<Conn>>,
-    /// Whether taking it took real time: a wait for a free connection, or
-    /// opening a new one.
-    pub(crate) slow: bool,
+}
+
+impl Checkout<'_> {
+    /// Waits (until `deadline`) for the reply to the latest request and
+    /// interprets it, as [`Conn::recv_latest`]; then tells the node: any
+    /// well-formed reply shows it healthy, and a timeout counts against it
+    /// only if the request `had_time` to be answered (a read left no time
+    /// by a slow sibling is no evidence).
+    pub(crate) fn recv<T>(
+        &mut self,
+        deadline: Instant,
+        had_time: bool,
+        interpret: impl FnMut(Reply<'_>) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        match self.recv_latest(deadline, interpret) {
+            Ok(reply) => {
+                if !matches!(reply, Err(Failure::Protocol(_))) {
+                    self.node.mark_up();
+                }
+                reply
+            }
+            Err(Failure::Timeout) => {
+                if had_time {
+                    self.node.mark_down(&Failure::Timeout);
+                }
+                Err(Failure::Timeout)
+            }
+            Err(failure) => Err(failure),
+        }
+    }
 }
 
 impl fmt::Debug for Checkout<'_> {

@@ -1,21 +1,20 @@
 //! Redlock over N independent nodes (N = 1 is the single-node lock, with the
-//! same rules): scatter/gather, validity and drift, clean-up after failure.
-//!
-//! One operation takes a connection from every node, writes every request
-//! first and only then reads the replies, all under one deadline: one round
-//! trip in total, not one per node, and no thread pool. Two kinds of node
-//! failure are retried once inside the operation, on that node only: a
-//! `NOSCRIPT` reply (the script is sent again as `EVAL`) and a pooled
-//! connection the server had closed while it sat idle (sent again on a new
-//! connection). Neither can repeat, so there is no loop.
+//! same rules): one vote per server, the majority, validity and drift, and
+//! what each operation's tally means. How one operation talks to the nodes
+//! is `round.rs`.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use smallvec::SmallVec;
-
-use crate::error::{Error, Failure};
-use crate::node::{Checkout, Node};
-use crate::script::{self, Op, Vote};
+use crate::conn::Timeouts;
+use crate::endpoint::Endpoint;
+use crate::error::Error;
+use crate::node::{Node, PoolConfig};
+use crate::probe;
+use crate::round::{Mask, Round, Tally};
+use crate::script::Op;
 use crate::token::Token;
 
 /// Most nodes a quorum may have: node sets are `u64` bit masks.
@@ -27,7 +26,7 @@ const DRIFT_FIXED: Duration = Duration::from_millis(2);
 /// The nodes and the rules for counting their votes.
 #[derive(Debug)]
 pub(crate) struct Quorum {
-    pub(crate) nodes: Box<[Node]>,
+    nodes: Box<[Arc<Node>]>,
     /// Clock-drift allowance per unit of TTL, in parts per billion: integer
     /// arithmetic on the hot path instead of `Duration::mul_f64`.
     drift_ppb: u64,
@@ -44,66 +43,124 @@ pub(crate) enum Acquired {
     Held,
 }
 
-/// What one operation found, node by node (bit `i` is node `i`).
+/// A failed extend, and what it leaves of the lock's validity.
 #[derive(Debug)]
-struct Tally {
-    yes: u64,
-    no: u64,
-    /// The first final failure and its node, for the error.
-    first_failure: Option<(usize, Failure)>,
-    /// Just before the first request was written.
-    start: Instant,
-    /// Just after the last reply was read.
-    end: Instant,
+pub(crate) struct ExtendFailed {
+    pub(crate) error: Error,
+    /// Set when the renewal may have reached a node: the lock's validity is
+    /// now at most this (see [`Quorum::extend`]).
+    pub(crate) valid_until_at_most: Option<Instant>,
 }
-
-impl Tally {
-    /// An empty tally whose clock starts at `now`.
-    fn at(now: Instant) -> Tally {
-        Tally {
-            yes: 0,
-            no: 0,
-            first_failure: None,
-            start: now,
-            end: now,
-        }
-    }
-
-    fn yes_count(&self) -> usize {
-        self.yes.count_ones() as usize
-    }
-
-    fn no_count(&self) -> usize {
-        self.no.count_ones() as usize
-    }
-
-    fn fail(&mut self, node: usize, failure: Failure) {
-        if self.first_failure.is_none() {
-            self.first_failure = Some((node, failure));
-        }
-    }
-}
-
-/// Why a node gets a second chance within one operation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Redo {
-    /// The server lost its script cache: send the script source.
-    Source,
-    /// The pooled connection had been closed by the server: reconnect.
-    Reconnect,
-}
-
-type Conns<'a> = SmallVec<[Option<Checkout<'a>>; 8]>;
 
 impl Quorum {
-    pub(crate) fn new(nodes: Box<[Node]>, drift_factor: f64, io_timeout: Duration) -> Quorum {
-        debug_assert!(!nodes.is_empty() && nodes.len() <= MAX_NODES);
-        Quorum {
-            nodes,
+    /// The quorum over `endpoints`, one node each. Refuses an empty list, too
+    /// many nodes, and a server listed twice (it would vote twice): by the
+    /// names as written and by every address they resolve to (`localhost`
+    /// and `127.0.0.1` are one server); [`connect`](Self::connect) also
+    /// compares run ids.
+    pub(crate) fn new(
+        endpoints: Vec<Endpoint>,
+        timeouts: Timeouts,
+        pool: PoolConfig,
+        drift_factor: f64,
+    ) -> Result<Quorum, Error> {
+        if endpoints.is_empty() {
+            return Err(Error::invalid("no nodes: add at least one with .node(..)"));
+        }
+        if endpoints.len() > MAX_NODES {
+            return Err(Error::invalid(format!(
+                "{} nodes, more than the {MAX_NODES} supported",
+                endpoints.len()
+            )));
+        }
+        check_distinct(&endpoints)?;
+        Ok(Quorum {
+            nodes: endpoints
+                .into_iter()
+                .map(|e| Arc::new(Node::new(e, timeouts, pool)))
+                .collect(),
             // Cannot truncate: the builder keeps the factor within [0, 0.5).
             drift_ppb: (drift_factor * 1e9).round() as u64,
-            io_timeout,
+            io_timeout: timeouts.io,
+        })
+    }
+
+    /// Connects to every node at once, learns who each server is, checks
+    /// the user's permissions, and opens `preconnect` connections to each.
+    /// Fails on configuration errors anywhere (credentials, permissions, a
+    /// server that is not Redis, one server under two addresses), or when
+    /// fewer than a quorum answer; an unreachable minority is only logged.
+    pub(crate) fn connect(&self, preconnect: usize) -> Result<(), Error> {
+        let results: Vec<Result<Option<[u8; 40]>, Error>> = std::thread::scope(|s| {
+            let handles: Vec<_> = self
+                .nodes
+                .iter()
+                .map(|node| {
+                    s.spawn(move || {
+                        let failed =
+                            |failure: crate::error::Failure| failure.into_error(&node.name);
+                        let run_id = probe::run_id(node).map_err(failed)?;
+                        probe::permissions(node)?;
+                        node.preconnect(preconnect).map_err(failed)?;
+                        Ok(run_id)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err(Error::invalid("connect thread panicked")))
+                })
+                .collect()
+        });
+        let mut reachable = 0;
+        let mut first_failure = None;
+        let mut run_ids: HashMap<[u8; 40], usize> = HashMap::new();
+        for (i, (node, result)) in self.nodes.iter().zip(results).enumerate() {
+            match result {
+                Ok(run_id) => {
+                    reachable += 1;
+                    let Some(id) = run_id else { continue };
+                    if let Some(&j) = run_ids.get(&id) {
+                        return Err(Error::invalid(format!(
+                            "duplicate node: {} and {} are the same server (same run_id), which would vote twice",
+                            self.nodes[j].name, node.name
+                        )));
+                    }
+                    run_ids.insert(id, i);
+                }
+                // Wrong credentials or permissions, or something that is not
+                // Redis: these do not heal.
+                Err(
+                    e @ (Error::Auth { .. }
+                    | Error::Permission { .. }
+                    | Error::Protocol { .. }
+                    | Error::InvalidArgument(_)
+                    | Error::RandomSource(_)),
+                ) => return Err(e),
+                Err(e) => {
+                    log::warn!("redlease: node {} unreachable at build: {e}", node.name);
+                    first_failure.get_or_insert(e);
+                }
+            }
         }
+        if reachable >= self.needed() {
+            return Ok(());
+        }
+        match first_failure {
+            Some(error) if self.nodes.len() == 1 => Err(error),
+            cause => Err(Error::NoQuorum {
+                agreed: reachable,
+                nodes: self.nodes.len(),
+                cause: cause.map(Box::new),
+            }),
+        }
+    }
+
+    /// The nodes, in the order they were given.
+    pub(crate) fn nodes(&self) -> &[Arc<Node>] {
+        &self.nodes
     }
 
     /// Votes needed: a strict majority.
@@ -117,8 +174,18 @@ impl Quorum {
         Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)) + DRIFT_FIXED
     }
 
-    fn all(&self) -> u64 {
-        u64::MAX >> (MAX_NODES - self.nodes.len())
+    fn all(&self) -> Mask {
+        Mask::MAX >> (MAX_NODES - self.nodes.len())
+    }
+
+    /// When a TTL set by a round that started at `start` stops protecting
+    /// us: `ttl` after the first write, less the drift allowance.
+    fn valid_until(&self, start: Instant, ttl: Duration) -> Instant {
+        start + ttl.saturating_sub(self.drift(ttl))
+    }
+
+    fn round<'q>(&'q self, op: Op, key: &'q [u8], token: &'q Token) -> Round<'q> {
+        Round::run(&self.nodes, self.io_timeout, op, key, token, self.all())
     }
 
     /// One acquisition attempt. On anything but success, whatever it may
@@ -129,16 +196,22 @@ impl Quorum {
         token: &Token,
         ttl: Duration,
     ) -> Result<Acquired, Error> {
-        let acquire = Op::Acquire {
-            ttl_ms: millis(ttl),
-        };
-        let (tally, conns, valid_until) = self.timed_round(acquire, key, token, ttl);
+        let round = self.round(
+            Op::Acquire {
+                ttl_ms: millis(ttl),
+            },
+            key,
+            token,
+        );
+        let tally = round.tally();
+        let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
             return Ok(Acquired::Granted { valid_until });
         }
         // Failed and timed-out nodes are cleaned too: the SET may have
         // arrived even though its reply did not.
-        self.clean_up(conns, tally.no, key, token);
+        let skip = tally.no;
+        let tally = round.clean_up(skip);
         if tally.yes_count() >= self.needed() {
             Err(Error::ValidityExpired {
                 elapsed: tally.end - tally.start,
@@ -154,7 +227,7 @@ impl Quorum {
     /// Releases on every node. `true` when a quorum deleted our key, `false`
     /// when a majority no longer held our token.
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool, Error> {
-        let tally = self.run(Op::Release, key, token, self.all());
+        let tally = self.round(Op::Release, key, token).into_tally();
         if tally.yes_count() >= self.needed() {
             Ok(true)
         } else if tally.no_count() > self.nodes.len() - self.needed() {
@@ -164,34 +237,54 @@ impl Quorum {
         }
     }
 
-    /// Renews on every node; returns the new end of validity. `LockLost`
-    /// when a majority no longer holds our token (what was renewed on the
-    /// others is released); any other error leaves the previous validity
-    /// standing.
+    /// Renews on every node; returns the new end of validity.
+    ///
+    /// On failure, the error says why, and — the rule that keeps two holders
+    /// out — what the lock's validity can still be. **Invariant:
+    /// `remaining()` never exceeds the TTL that a majority of nodes could
+    /// hold.** A renewal that fails may still have reached nodes (a reply
+    /// lost or late is no proof the command was not applied), and those now
+    /// hold the *new* TTL, shorter or longer; the others keep the old
+    /// expiry. So a majority holds the key at least until
+    /// `min(previous validity, start + new ttl − drift)`, and no longer can
+    /// be promised: that is the validity left. `ValidityExpired` (a quorum
+    /// renewed, too late) leaves none. `LockLost` (a majority no longer
+    /// holds our token) releases what is left on the others.
     pub(crate) fn extend(
         &self,
         key: &[u8],
         token: &Token,
         ttl: Duration,
-    ) -> Result<Instant, Error> {
-        let extend = Op::Extend {
-            ttl_ms: millis(ttl),
-        };
-        let (tally, conns, valid_until) = self.timed_round(extend, key, token, ttl);
-        if tally.yes_count() >= self.needed() {
-            if tally.end < valid_until {
-                return Ok(valid_until);
-            }
-            return Err(Error::ValidityExpired {
+    ) -> Result<Instant, ExtendFailed> {
+        let round = self.round(
+            Op::Extend {
+                ttl_ms: millis(ttl),
+            },
+            key,
+            token,
+        );
+        let tally = round.tally();
+        let valid_until = self.valid_until(tally.start, ttl);
+        if tally.yes_count() >= self.needed() && tally.end < valid_until {
+            return Ok(valid_until);
+        }
+        let valid_until_at_most = (tally.sent != 0).then_some(valid_until);
+        let error = if tally.yes_count() >= self.needed() {
+            Error::ValidityExpired {
                 elapsed: tally.end - tally.start,
                 ttl,
-            });
-        }
-        if tally.no_count() > self.nodes.len() - self.needed() {
-            self.clean_up(conns, tally.no, key, token);
-            return Err(Error::LockLost);
-        }
-        Err(self.no_quorum(tally))
+            }
+        } else if tally.no_count() > self.nodes.len() - self.needed() {
+            let skip = tally.no;
+            round.clean_up(skip);
+            Error::LockLost
+        } else {
+            self.no_quorum(round.into_tally())
+        };
+        Err(ExtendFailed {
+            error,
+            valid_until_at_most,
+        })
     }
 
     /// The error for an undecided operation. With one node, that node's own
@@ -210,204 +303,32 @@ impl Quorum {
             },
         }
     }
-
-    /// Runs an operation that sets a TTL on every node; also returns when
-    /// the lock it grants stops being valid: `ttl` after the first write,
-    /// less the drift allowance.
-    fn timed_round(
-        &self,
-        op: Op,
-        key: &[u8],
-        token: &Token,
-        ttl: Duration,
-    ) -> (Tally, Conns<'_>, Instant) {
-        let (tally, conns) = self.round(op, key, token, self.all());
-        let valid_until = tally.start + ttl.saturating_sub(self.drift(ttl));
-        (tally, conns, valid_until)
-    }
-
-    /// Runs `op` on the nodes in `targets`; see [`round`](Self::round).
-    fn run(&self, op: Op, key: &[u8], token: &Token, targets: u64) -> Tally {
-        self.round(op, key, token, targets).0
-    }
-
-    /// Runs `op` on the nodes in `targets`: check out, write all, read all.
-    /// Also returns the connections, for a clean-up behind the request.
-    fn round(&self, op: Op, key: &[u8], token: &Token, targets: u64) -> (Tally, Conns<'_>) {
-        let mut conns: Conns<'_> = SmallVec::new();
-        // The validity clock starts before anything is sent. Reading it
-        // before the checkouts is conservative (validity can only come out
-        // shorter) and saves a clock read; it is read again only if a
-        // checkout took real time (waited for the pool, or connected).
-        let now = Instant::now();
-        let mut tally = Tally::at(now);
-        let mut slow = false;
-        for (i, node) in self.nodes.iter().enumerate() {
-            let mut slot = None;
-            if targets & (1 << i) != 0 {
-                match node.checkout(false) {
-                    Ok(mut conn) => {
-                        slow |= conn.slow;
-                        op.encode(conn.request(), key, token, false);
-                        slot = Some(conn);
-                    }
-                    Err(failure) => tally.fail(i, failure),
-                }
-            }
-            conns.push(slot);
-        }
-        if slow {
-            tally.start = Instant::now();
-        }
-        let deadline = tally.start + self.io_timeout;
-        let mut redo: SmallVec<[(usize, Redo); 8]> = SmallVec::new();
-        let pending = self.scatter(&mut conns, &mut tally, &mut redo);
-        self.gather(op, &mut conns, pending, deadline, &mut tally, &mut redo);
-
-        if !redo.is_empty() {
-            let mut again = 0u64;
-            for &(i, why) in &redo {
-                let sent = match why {
-                    Redo::Source => {
-                        log::debug!(
-                            "redlease: script missing on {}, sending its source",
-                            self.nodes[i].name
-                        );
-                        conns[i].as_mut().map(|conn| {
-                            op.encode(conn.request(), key, token, true);
-                            conn.send()
-                        })
-                    }
-                    Redo::Reconnect => {
-                        // Return the dead connection before asking for a new one.
-                        conns[i] = None;
-                        Some(self.nodes[i].checkout(true).and_then(|mut conn| {
-                            op.encode(conn.request(), key, token, false);
-                            conn.send()?;
-                            conns[i] = Some(conn);
-                            Ok(())
-                        }))
-                    }
-                };
-                match sent {
-                    Some(Ok(())) => again |= 1 << i,
-                    Some(Err(failure)) => tally.fail(i, failure),
-                    None => {}
-                }
-            }
-            redo.clear();
-            self.gather(op, &mut conns, again, deadline, &mut tally, &mut redo);
-            // A second chance is the last: whatever asks for a third is final.
-            for (i, _) in redo.drain(..) {
-                tally.fail(i, Failure::Protocol("node asked for a third attempt"));
-            }
-        }
-        tally.end = Instant::now();
-        (tally, conns)
-    }
-
-    /// Releases whatever a failed operation may have written, on the very
-    /// connections it used (nodes in `skip` said nothing was written). On
-    /// the same connection the release runs after the request even when the
-    /// request's reply never came: a connection that timed out still
-    /// carries it, then is closed without waiting for a reply.
-    fn clean_up(&self, mut conns: Conns<'_>, skip: u64, key: &[u8], token: &Token) {
-        let mut pending = 0u64;
-        for (i, slot) in conns.iter_mut().enumerate() {
-            let Some(conn) = slot.as_mut().filter(|_| skip & (1 << i) == 0) else {
-                continue;
-            };
-            // By source, so that no NOSCRIPT round is needed.
-            Op::Release.encode(conn.request(), key, token, true);
-            if conn.send().is_ok() {
-                if conn.is_broken() {
-                    conn.discard_arrived();
-                } else {
-                    pending |= 1 << i;
-                }
-            }
-        }
-        let now = Instant::now();
-        let mut tally = Tally::at(now);
-        let mut redo = SmallVec::new();
-        self.gather(
-            Op::Release,
-            &mut conns,
-            pending,
-            now + self.io_timeout,
-            &mut tally,
-            &mut redo,
-        );
-        if let Some((node, failure)) = tally.first_failure {
-            log::debug!(
-                "redlease: clean-up after a failed operation failed on {}: {failure:?}",
-                self.nodes[node].name
-            );
-        }
-    }
-
-    /// Writes every encoded request; returns the nodes that now owe a reply.
-    fn scatter(
-        &self,
-        conns: &mut Conns<'_>,
-        tally: &mut Tally,
-        redo: &mut SmallVec<[(usize, Redo); 8]>,
-    ) -> u64 {
-        let mut pending = 0u64;
-        for (i, slot) in conns.iter_mut().enumerate() {
-            let Some(conn) = slot else { continue };
-            match conn.send() {
-                Ok(()) => pending |= 1 << i,
-                Err(failure) if conn.was_stale(&failure) => redo.push((i, Redo::Reconnect)),
-                Err(failure) => self.node_failed(i, failure, tally),
-            }
-        }
-        pending
-    }
-
-    /// Reads one reply from each node in `pending`, until `deadline`.
-    fn gather(
-        &self,
-        op: Op,
-        conns: &mut Conns<'_>,
-        pending: u64,
-        deadline: Instant,
-        tally: &mut Tally,
-        redo: &mut SmallVec<[(usize, Redo); 8]>,
-    ) {
-        for (i, slot) in conns.iter_mut().enumerate() {
-            if pending & (1 << i) == 0 {
-                continue;
-            }
-            let Some(conn) = slot else { continue };
-            match conn.recv_latest_with(deadline, |reply| op.interpret(reply)) {
-                Ok(Ok(Vote::Yes)) => tally.yes |= 1 << i,
-                Ok(Ok(Vote::No)) => tally.no |= 1 << i,
-                Ok(Err(failure)) if script::is_noscript(&failure) && !redo_of(redo, i) => {
-                    redo.push((i, Redo::Source));
-                }
-                Ok(Err(failure)) => {
-                    if failure.breaks_connection() {
-                        conn.mark_broken();
-                    }
-                    tally.fail(i, failure);
-                }
-                Err(failure) if conn.was_stale(&failure) => redo.push((i, Redo::Reconnect)),
-                Err(failure) => self.node_failed(i, failure, tally),
-            }
-        }
-    }
-
-    fn node_failed(&self, i: usize, failure: Failure, tally: &mut Tally) {
-        if matches!(failure, Failure::Timeout) {
-            self.nodes[i].mark_down(&failure);
-        }
-        tally.fail(i, failure);
-    }
 }
 
-fn redo_of(redo: &SmallVec<[(usize, Redo); 8]>, node: usize) -> bool {
-    redo.iter().any(|&(i, _)| i == node)
+/// Refuses a server listed twice, by name or by a resolved address.
+fn check_distinct(endpoints: &[Endpoint]) -> Result<(), Error> {
+    let duplicate = |first: usize, second: usize| {
+        Error::invalid(format!(
+            "duplicate node: {} and {} are the same server, which would vote twice",
+            endpoints[first].name(),
+            endpoints[second].name()
+        ))
+    };
+    let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    for (i, e) in endpoints.iter().enumerate() {
+        if let Some(j) = endpoints[..i].iter().position(|other| e.same_name(other)) {
+            return Err(duplicate(j, i));
+        }
+        for addr in e.resolved() {
+            if let Some(&j) = seen.get(&addr)
+                && j != i
+            {
+                return Err(duplicate(j, i));
+            }
+            seen.insert(addr, i);
+        }
+    }
+    Ok(())
 }
 
 /// A TTL in whole milliseconds, as `PX`/`PEXPIRE` take it. Callers have
@@ -419,32 +340,26 @@ fn millis(ttl: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conn::{Endpoint, Timeouts};
-    use crate::node::PoolConfig;
 
     fn quorum(n: usize) -> Quorum {
-        let nodes = (0..n)
-            .map(|i| {
-                Node::new(
-                    Endpoint {
-                        host: "127.0.0.1".into(),
-                        port: 1 + i as u16,
-                        username: None,
-                        password: None,
-                        db: 0,
-                    },
-                    Timeouts {
-                        connect: Duration::from_millis(10),
-                        io: Duration::from_millis(10),
-                    },
-                    PoolConfig {
-                        max_conns: 1,
-                        wait: Duration::from_millis(10),
-                    },
-                )
+        let endpoints = (0..n)
+            .map(|i| Endpoint {
+                host: "127.0.0.1".into(),
+                port: 1 + i as u16,
+                username: None,
+                password: None,
+                db: 0,
             })
             .collect();
-        Quorum::new(nodes, 0.01, Duration::from_millis(10))
+        let timeouts = Timeouts {
+            connect: Duration::from_millis(10),
+            io: Duration::from_millis(10),
+        };
+        let pool = PoolConfig {
+            max_conns: 1,
+            wait: Duration::from_millis(10),
+        };
+        Quorum::new(endpoints, timeouts, pool, 0.01).expect("distinct nodes")
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! How [`LockManager::lock`](crate::LockManager::lock) waits: a retry policy
 //! built on the `retry` crate's delay iterators and its retry loop.
 //!
-//! Delays are never shorter than 1 ms (no busy spin), and jitter is on by
-//! default because the Redlock spec asks for it: clients that collided once
-//! should not collide again on the same schedule.
+//! Delays are never shorter than 1 ms (no busy spin; the floor is applied
+//! after the jitter, so it holds for every draw), and jitter is on by default
+//! because the Redlock spec asks for it: clients that collided once should
+//! not collide again on the same schedule. Any value, `Duration::MAX`
+//! included, is accepted without overflow.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use retry::delay::{Exponential, Fixed};
 
@@ -120,8 +122,8 @@ impl RetryPolicy {
     }
 
     /// Longest total wait, from the first attempt; the last delay is cut
-    /// short so the last attempt starts by then. Defaults to none (10 s in
-    /// the default policy).
+    /// short so the last attempt starts by then. `Duration::MAX` means no
+    /// bound. Defaults to none (10 s in the default policy).
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.max_wait = Some(wait);
         self
@@ -132,12 +134,9 @@ impl RetryPolicy {
         self.max_wait
     }
 
-    /// The delays before the 2nd, 3rd… attempts, ending when the attempts or
-    /// the time (`deadline`, if any) run out. Allocation-free.
-    pub(crate) fn delays(
-        &self,
-        deadline: Option<Instant>,
-    ) -> impl Iterator<Item = Duration> + use<> {
+    /// The delays before the 2nd, 3rd… attempts, ending when the attempts
+    /// run out (the caller bounds the time). Allocation-free.
+    pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
         let nominal = match self.backoff {
             Backoff::Fixed(delay) => Delays::Fixed(Fixed::from(delay)),
             Backoff::Exponential { base, factor } => {
@@ -146,22 +145,18 @@ impl RetryPolicy {
         };
         let (max_delay, jitter) = (self.max_delay, self.jitter);
         nominal
-            .map(move |d| d.min(max_delay).max(MIN_DELAY))
             .map(move |d| {
-                if jitter {
-                    d / 2 + retry::delay::jitter(d / 2)
+                let d = d.min(max_delay);
+                let d = if jitter {
+                    // Equal jitter: half fixed, half random. `d / 2` twice
+                    // cannot overflow, and the sum saturates all the same.
+                    (d / 2).saturating_add(retry::delay::jitter(d / 2))
                 } else {
                     d
-                }
+                };
+                d.max(MIN_DELAY)
             })
             .take(self.max_attempts.saturating_sub(1) as usize)
-            .map_while(move |d| match deadline {
-                None => Some(d),
-                Some(deadline) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    (!left.is_zero()).then(|| d.min(left))
-                }
-            })
     }
 }
 
@@ -191,7 +186,7 @@ mod tests {
     use super::*;
 
     fn take(policy: &RetryPolicy, n: usize) -> Vec<Duration> {
-        policy.delays(None).take(n).collect()
+        policy.delays().take(n).collect()
     }
 
     #[test]
@@ -218,9 +213,9 @@ mod tests {
 
     #[test]
     fn attempts_bound_counts_the_first_attempt() {
-        assert_eq!(RetryPolicy::no_retry().delays(None).count(), 0);
+        assert_eq!(RetryPolicy::no_retry().delays().count(), 0);
         let p = RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(4);
-        assert_eq!(p.delays(None).count(), 3);
+        assert_eq!(p.delays().count(), 3);
     }
 
     #[test]
@@ -231,15 +226,43 @@ mod tests {
         assert!(take(&p, 3).iter().all(|d| *d >= MIN_DELAY));
     }
 
+    /// Defect 6: the 1 ms floor holds after the jitter, for every draw.
     #[test]
-    fn deadline_ends_and_clips_the_delays() {
-        let p = RetryPolicy::fixed(Duration::from_secs(60)).jitter(false);
-        let deadline = Instant::now() + Duration::from_millis(20);
-        let mut delays = p.delays(Some(deadline));
-        let first = delays.next().expect("time is left");
-        assert!(first <= Duration::from_millis(20));
-        std::thread::sleep(first);
-        assert_eq!(delays.next(), None);
+    fn jittered_delays_never_go_below_the_floor() {
+        let policies = [
+            RetryPolicy::fixed(Duration::ZERO),
+            RetryPolicy::fixed(MIN_DELAY),
+            RetryPolicy::fixed(Duration::from_micros(1500)),
+            RetryPolicy::exponential(MIN_DELAY).max_delay(MIN_DELAY),
+            RetryPolicy::default(),
+        ];
+        for p in policies {
+            let delays = take(&p, 10_000);
+            let shortest = delays.iter().min().copied();
+            assert!(
+                delays.iter().all(|d| *d >= MIN_DELAY),
+                "{p:?}: shortest {shortest:?}"
+            );
+        }
+    }
+
+    /// Values meant as "no bound" are drawn from without overflow.
+    #[test]
+    fn extreme_values_do_not_overflow() {
+        let policies = [
+            RetryPolicy::fixed(Duration::MAX),
+            RetryPolicy::exponential(Duration::MAX),
+            RetryPolicy::exponential(Duration::from_millis(1)).factor(f64::MAX),
+            RetryPolicy::exponential(Duration::from_millis(1)).factor(f64::INFINITY),
+            RetryPolicy::fixed(Duration::from_secs(u64::MAX)).max_delay(Duration::MAX),
+        ];
+        for p in policies {
+            for jitter in [false, true] {
+                let delays = take(&p.clone().jitter(jitter), 100);
+                assert_eq!(delays.len(), 100);
+                assert!(delays.iter().all(|d| *d >= MIN_DELAY), "{p:?}");
+            }
+        }
     }
 
     #[test]

@@ -11,7 +11,7 @@ use std::sync::LazyLock;
 
 use bytes::BytesMut;
 
-use crate::error::{Failure, ServerText};
+use crate::error::Failure;
 use crate::resp::{self, Reply};
 use crate::token::Token;
 
@@ -108,6 +108,16 @@ pub(crate) enum Op {
     Extend { ttl_ms: u64 },
 }
 
+/// How a script travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `EVALSHA`: the normal case, the script is in the server's cache.
+    Sha,
+    /// `EVAL` with the source: after `NOSCRIPT`, and where a reply cannot be
+    /// waited for (a clean-up that must work even on a flushed cache).
+    Source,
+}
+
 /// A node's definite answer to an operation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Vote {
@@ -118,21 +128,21 @@ pub(crate) enum Vote {
 }
 
 impl Op {
-    /// Appends the command to `buf`. With `full_script`, scripts are sent as
-    /// `EVAL` with their source instead of `EVALSHA`.
+    /// Appends the command to `buf`, scripts in the given form (`SET` has
+    /// only one).
     ///
     /// This is the hot path's encoder: the constant front of each command is
     /// encoded once (see [`Shas`]), so a call copies the key, the token and
     /// the TTL and formats two numbers. The same bytes as `resp::encode` of
     /// the whole argument list (checked by the tests and the fuzz target).
-    pub(crate) fn encode(self, buf: &mut BytesMut, key: &[u8], token: &Token, full_script: bool) {
+    pub(crate) fn encode(self, buf: &mut BytesMut, key: &[u8], token: &Token, form: Form) {
         let shas = &*SHAS;
-        let head: &[u8] = match (self, full_script) {
+        let head: &[u8] = match (self, form) {
             (Op::Acquire { .. }, _) => SET_HEAD,
-            (Op::Release, false) => &shas.release_by_sha,
-            (Op::Release, true) => &shas.release_by_source,
-            (Op::Extend { .. }, false) => &shas.extend_by_sha,
-            (Op::Extend { .. }, true) => &shas.extend_by_source,
+            (Op::Release, Form::Sha) => &shas.release_by_sha,
+            (Op::Release, Form::Source) => &shas.release_by_source,
+            (Op::Extend { .. }, Form::Sha) => &shas.extend_by_sha,
+            (Op::Extend { .. }, Form::Source) => &shas.extend_by_source,
         };
         // Four copies in all: the constant head, the key's length line, the
         // key, and everything after the key assembled on the stack.
@@ -166,7 +176,7 @@ impl Op {
     /// Reads a node's reply as a vote, or as the reason it is not one.
     pub(crate) fn interpret(self, reply: Reply<'_>) -> Result<Vote, Failure> {
         match (self, reply) {
-            (_, Reply::Error(text)) => Err(server_error(text)),
+            (_, Reply::Error(text)) => Err(Failure::from_server(text)),
             (Op::Acquire { .. }, Reply::Simple(b"OK")) => Ok(Vote::Yes),
             (Op::Acquire { .. }, Reply::Nil) => Ok(Vote::No),
             (Op::Acquire { .. }, _) => Err(Failure::Protocol("unexpected reply to SET NX PX")),
@@ -175,22 +185,6 @@ impl Op {
             (_, _) => Err(Failure::Protocol("unexpected reply to the lock script")),
         }
     }
-}
-
-/// A server error reply: authentication problems are told apart because they
-/// are configuration errors, not passing trouble.
-pub(crate) fn server_error(text: &[u8]) -> Failure {
-    let text = ServerText::new(text);
-    if text.starts_with(b"NOAUTH") || text.starts_with(b"WRONGPASS") {
-        Failure::Auth(text)
-    } else {
-        Failure::Server(text)
-    }
-}
-
-/// Whether a failure is the server saying it does not know the script.
-pub(crate) fn is_noscript(failure: &Failure) -> bool {
-    matches!(failure, Failure::Server(text) if text.starts_with(b"NOSCRIPT"))
 }
 
 /// Appends `SCRIPT LOAD` for both scripts (sent when a connection is made).
@@ -203,7 +197,7 @@ pub(crate) fn encode_load(buf: &mut BytesMut) {
 pub(crate) fn check_loaded(reply: Reply<'_>, expected: &[u8; SHA_LEN]) -> Result<(), Failure> {
     match reply {
         Reply::Bulk(sha) if sha.eq_ignore_ascii_case(expected) => Ok(()),
-        Reply::Error(text) => Err(server_error(text)),
+        Reply::Error(text) => Err(Failure::from_server(text)),
         _ => Err(Failure::Protocol("unexpected reply to SCRIPT LOAD")),
     }
 }
@@ -211,6 +205,7 @@ pub(crate) fn check_loaded(reply: Reply<'_>, expected: &[u8; SHA_LEN]) -> Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ServerError;
 
     /// The SHAs are those Redis computes (checked against redis-server 7.0
     /// by the integration tests too; here against redis-rs's own hashing).
@@ -230,7 +225,7 @@ mod tests {
     fn acquire_encoding() {
         let token = Token::random().expect("rng");
         let mut buf = BytesMut::new();
-        Op::Acquire { ttl_ms: 1500 }.encode(&mut buf, b"k", &token, false);
+        Op::Acquire { ttl_ms: 1500 }.encode(&mut buf, b"k", &token, Form::Sha);
         let mut expected = b"*6\r\n$3\r\nSET\r\n$1\r\nk\r\n$32\r\n".to_vec();
         expected.extend_from_slice(token.as_bytes());
         expected.extend_from_slice(b"\r\n$2\r\nNX\r\n$2\r\nPX\r\n$4\r\n1500\r\n");
@@ -242,11 +237,11 @@ mod tests {
     fn release_encoding_by_sha_and_by_source() {
         let token = Token::random().expect("rng");
         let mut buf = BytesMut::new();
-        Op::Release.encode(&mut buf, b"k", &token, false);
+        Op::Release.encode(&mut buf, b"k", &token, Form::Sha);
         assert!(buf.starts_with(b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n"));
         assert!(buf.windows(40).any(|w| w == SHAS.release));
         buf.clear();
-        Op::Extend { ttl_ms: 7 }.encode(&mut buf, b"k", &token, true);
+        Op::Extend { ttl_ms: 7 }.encode(&mut buf, b"k", &token, Form::Source);
         assert!(buf.starts_with(b"*6\r\n$4\r\nEVAL\r\n"));
         assert!(buf.ends_with(b"$1\r\n7\r\n"));
     }
@@ -257,7 +252,8 @@ mod tests {
         let token = Token::random().expect("rng");
         let keys: [&[u8]; 4] = [b"k", b"", &[b'x'; 300], b"a\r\n\0\xff"];
         for key in keys {
-            for full in [false, true] {
+            for form in [Form::Sha, Form::Source] {
+                let full = form == Form::Source;
                 for ttl_ms in [1, 10_000, u64::MAX] {
                     let t = token.as_bytes();
                     let n = itoa::Buffer::new().format(ttl_ms).to_owned();
@@ -280,9 +276,9 @@ mod tests {
                     ];
                     for (op, args) in cases {
                         let (mut fast, mut generic) = (BytesMut::new(), BytesMut::new());
-                        op.encode(&mut fast, key, &token, full);
+                        op.encode(&mut fast, key, &token, form);
                         resp::encode(&mut generic, &args);
-                        assert_eq!(fast, generic, "{op:?}, full script {full}");
+                        assert_eq!(fast, generic, "{op:?}, {form:?}");
                     }
                 }
             }
@@ -317,7 +313,7 @@ mod tests {
         let noscript = Op::Release
             .interpret(Reply::Error(b"NOSCRIPT No matching script."))
             .expect_err("error reply");
-        assert!(is_noscript(&noscript));
+        assert_eq!(noscript.server_error(), Some(ServerError::NoScript));
         let auth = acquire
             .interpret(Reply::Error(b"NOAUTH Authentication required."))
             .expect_err("error reply");

@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::thread;
 use std::time::Duration;
 
-use redlease::{Error, LockManager};
+use redlease::{Error, LockManager, LockManagerBuilder, RetryPolicy};
 use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -204,4 +204,190 @@ fn silent_server_times_out() {
     });
     assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
     drop(listener);
+}
+
+/// Durations at the edges: zero, the smallest, a millisecond, and the
+/// largest values a caller could pass to mean "no bound".
+const EDGE_DURATIONS: [Duration; 5] = [
+    Duration::ZERO,
+    Duration::from_nanos(1),
+    Duration::from_millis(1),
+    Duration::from_secs(u64::MAX),
+    Duration::MAX,
+];
+
+/// Runs `f`, failing the test (with `what`) if it panics.
+fn no_panic<T>(what: &str, f: impl FnOnce() -> T) -> T {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(out) => out,
+        Err(_) => panic!("{what} panicked"),
+    }
+}
+
+/// Every public method of a built manager and its guards, with the edge
+/// durations; errors are fine, panics are not. The waits that could last
+/// for ever are given a bound.
+fn exercise(locks: &LockManager, what: &str) {
+    no_panic(&format!("{what}: try_lock + release"), || {
+        if let Ok(Some(lock)) = locks.try_lock("edge", TTL) {
+            let _ = lock.release();
+        }
+    });
+    no_panic(&format!("{what}: lock + drop"), || {
+        drop(locks.lock("edge", TTL))
+    });
+    for d in EDGE_DURATIONS {
+        no_panic(&format!("{what}: try_lock({d:?})"), || {
+            drop(locks.try_lock("edge", d))
+        });
+        no_panic(&format!("{what}: try_lock_for(free, {d:?})"), || {
+            drop(locks.try_lock_for("edge", TTL, d))
+        });
+        no_panic(&format!("{what}: extend({d:?}) + drop"), || {
+            if let Ok(Some(mut lock)) = locks.try_lock("edge", TTL) {
+                let _ = lock.extend(d);
+                let _ = lock.remaining();
+                drop(lock);
+            }
+        });
+    }
+    let held = locks.try_lock("held", TTL);
+    for d in &EDGE_DURATIONS[..3] {
+        no_panic(&format!("{what}: try_lock_for(held, {d:?})"), || {
+            drop(locks.try_lock_for("held", TTL, *d))
+        });
+    }
+    let bound = Duration::from_millis(5);
+    for d in EDGE_DURATIONS {
+        let policies = [
+            RetryPolicy::fixed(d).max_wait(bound),
+            RetryPolicy::exponential(d).max_wait(bound),
+            RetryPolicy::exponential(d)
+                .factor(f64::MAX)
+                .max_delay(d)
+                .max_wait(bound),
+            RetryPolicy::exponential(Duration::from_millis(1))
+                .factor(f64::INFINITY)
+                .max_wait(bound),
+            RetryPolicy::fixed(Duration::from_millis(1))
+                .max_delay(d)
+                .max_attempts(u32::MAX)
+                .max_wait(bound),
+            RetryPolicy::fixed(Duration::from_millis(1))
+                .max_attempts(0)
+                .max_wait(d),
+        ];
+        for policy in policies {
+            no_panic(&format!("{what}: lock_with(held, {policy:?})"), || {
+                drop(locks.lock_with("held", TTL, &policy))
+            });
+            no_panic(&format!("{what}: lock_with(free, {policy:?})"), || {
+                drop(locks.lock_with("free", TTL, &policy))
+            });
+        }
+        no_panic(&format!("{what}: lock_with(free, max_wait {d:?})"), || {
+            drop(locks.lock_with("free", TTL, &RetryPolicy::default().max_wait(d)))
+        });
+    }
+    drop(held);
+}
+
+/// Defect 4: no setting or argument value can make the library panic (in
+/// `Drop`, a panic while unwinding aborts the process). Every duration and
+/// count setter gets 0, 1 ns, 1 ms and the largest values: `build()`
+/// either refuses the value with `InvalidArgument` or the manager works.
+#[test]
+fn edge_values_never_panic() {
+    let server = RedisServer::start();
+    let proxy = support::proxy::FaultProxy::start(server.port);
+    type DurationSetter = fn(LockManagerBuilder, Duration) -> LockManagerBuilder;
+    let duration_setters: [(&str, DurationSetter); 4] = [
+        ("connect_timeout", |b, d| b.connect_timeout(d)),
+        ("io_timeout", |b, d| b.io_timeout(d)),
+        ("pool_wait", |b, d| b.pool_wait(d)),
+        ("max_ttl", |b, d| b.max_ttl(d)),
+    ];
+    let mut built = 0;
+    for (name, set) in duration_setters {
+        for d in EDGE_DURATIONS {
+            let what = format!("{name}({d:?})");
+            let result = no_panic(&what, || {
+                set(LockManager::builder().node(server.url()), d).build()
+            });
+            match result {
+                Ok(locks) => {
+                    built += 1;
+                    exercise(&locks, &what);
+                }
+                Err(Error::InvalidArgument(msg)) => assert!(msg.contains(name), "{what}: {msg}"),
+                Err(e) => panic!("{what}: expected a manager or InvalidArgument, got {e:?}"),
+            }
+        }
+        // A pool of one connection behind a slow proxy, two threads: one
+        // waits for the pool with this setting's value.
+        for d in EDGE_DURATIONS {
+            let what = format!("{name}({d:?}), pool exhausted");
+            let Ok(locks) = set(
+                LockManager::builder()
+                    .node(proxy.url())
+                    .pool_size(1)
+                    .io_timeout(Duration::from_secs(1)),
+                d,
+            )
+            .build() else {
+                continue;
+            };
+            proxy.set(support::proxy::Mode::Delay(Duration::from_millis(20)));
+            no_panic(&what, || {
+                thread::scope(|s| {
+                    for i in 0..2 {
+                        let locks = &locks;
+                        s.spawn(move || drop(locks.try_lock(format!("pool{i}"), TTL)));
+                    }
+                });
+            });
+            proxy.set(support::proxy::Mode::Pass);
+        }
+    }
+    assert!(built >= 8, "too few settings were accepted: {built}");
+
+    type CountSetter = fn(LockManagerBuilder, usize) -> LockManagerBuilder;
+    let count_setters: [(&str, CountSetter); 3] = [
+        ("pool_size", |b, n| b.pool_size(n)),
+        ("preconnect", |b, n| b.preconnect(n)),
+        ("max_key_len", |b, n| b.max_key_len(n)),
+    ];
+    for (name, set) in count_setters {
+        for n in [0, 1, usize::from(u16::MAX), u32::MAX as usize, usize::MAX] {
+            let what = format!("{name}({n})");
+            match no_panic(&what, || {
+                set(LockManager::builder().node(server.url()), n).build()
+            }) {
+                Ok(locks) => exercise(&locks, &what),
+                Err(Error::InvalidArgument(msg)) => assert!(msg.contains(name), "{what}: {msg}"),
+                Err(e) => panic!("{what}: expected a manager or InvalidArgument, got {e:?}"),
+            }
+        }
+    }
+    for factor in [
+        0.0,
+        -0.0,
+        f64::MIN_POSITIVE,
+        0.4999,
+        -1.0,
+        f64::NAN,
+        f64::INFINITY,
+    ] {
+        let what = format!("drift_factor({factor})");
+        match no_panic(&what, || {
+            LockManager::builder()
+                .node(server.url())
+                .drift_factor(factor)
+                .build()
+        }) {
+            Ok(locks) => exercise(&locks, &what),
+            Err(Error::InvalidArgument(msg)) => assert!(msg.contains("drift_factor"), "{msg}"),
+            Err(e) => panic!("{what}: {e:?}"),
+        }
+    }
 }

@@ -125,14 +125,18 @@ fn forged_releases_delete_nothing() {
 }
 
 /// Starts a fake server that behaves like Redis except that it answers the
-/// first lock command (SET or EVALSHA, per `on`) with `reply`.
+/// lock commands (SET or EVALSHA, per `on`) with `reply`; `build()`'s
+/// permission probe, on a key of its own, gets normal answers.
 fn hostile(on: &'static [u8], reply: Answer) -> FakeRedis {
     FakeRedis::start(move |command, _| {
         let name = command
             .first()
             .map(|c| c.to_ascii_uppercase())
             .unwrap_or_default();
-        if name == on {
+        let probe = command
+            .iter()
+            .any(|arg| arg.starts_with(b"redlease:probe:"));
+        if name == on && !probe {
             reply.clone()
         } else {
             redis_like(command)
@@ -202,12 +206,17 @@ fn hostile_replies_are_refused_with_bounded_memory() {
             started.elapsed()
         );
         assert!(allocated < 64 * 1024, "{what}: allocated {allocated} bytes");
-        // The connection was thrown away: the next call opens another (once
-        // the node's reconnect backoff is over).
-        std::thread::sleep(Duration::from_millis(60));
-        let _ = locks.try_lock("k2", TTL);
-        let now_accepted = fake.accepted.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(now_accepted > accepted, "{what}: the connection was reused");
+        // The connection was thrown away: later calls open another (once
+        // the node's reconnect backoff is over, in the background).
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while fake.accepted.load(std::sync::atomic::Ordering::Relaxed) == accepted {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: no new connection, the old one must have been reused"
+            );
+            let _ = locks.try_lock("k2", TTL);
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 }
 
@@ -276,10 +285,21 @@ fn credentials_and_tokens_never_leak() {
         ])
         .query(&mut con)
         .expect("ACL SETUSER");
-    let limited = LockManager::builder()
+    // `build()` probes for that and refuses the user at once...
+    let refused = LockManager::builder()
         .node(format!("redis://noscripts:{SENTINEL}@127.0.0.1:{port}"))
         .build()
-        .expect("build as the limited user");
+        .expect_err("build as the limited user");
+    assert!(
+        matches!(&refused, Error::Permission { message, .. } if message.contains("EVALSHA")),
+        "{refused:?}"
+    );
+    // ... and a lazy manager, which cannot probe, reports it at release.
+    let limited = LockManager::builder()
+        .node(format!("redis://noscripts:{SENTINEL}@127.0.0.1:{port}"))
+        .connect_lazily(true)
+        .build()
+        .expect("lazy build as the limited user");
     let lock = limited.try_lock("k", TTL).expect("try_lock").expect("free");
     let token = server_value(&mut con, "k");
     let denied = lock
@@ -314,6 +334,8 @@ fn credentials_and_tokens_never_leak() {
         format!("{missing:?}"),
         denied.to_string(),
         format!("{denied:?}"),
+        refused.to_string(),
+        format!("{refused:?}"),
         format!("{limited:?}"),
         format!("{working:?}"),
     ] {

@@ -99,7 +99,8 @@ fn readonly_replica() {
     assert!(e.to_string().contains("read only replica"), "{e}");
 }
 
-/// NOPERM: a user without SET gets a clear, non-retryable error.
+/// NOPERM: a user without SET gets a clear, non-retryable error: at build
+/// (which probes for it), and on first use when connecting lazily.
 #[test]
 fn noperm() {
     let server = RedisServer::start();
@@ -107,7 +108,18 @@ fn noperm() {
         b"ACL", b"SETUSER", b"noset", b"on", b">pw", b"~*", b"+@all", b"-set",
     ]);
     let url = format!("redis://noset:pw@127.0.0.1:{}", server.port);
-    let locks = manager([url]);
+    match LockManager::builder().node(url.as_str()).build() {
+        Err(e @ Error::Permission { .. }) => {
+            assert!(e.to_string().contains("SET"), "{e}");
+            assert!(!e.is_retryable());
+        }
+        other => panic!("expected a permission error at build, got {other:?}"),
+    }
+    let locks = LockManager::builder()
+        .node(url)
+        .connect_lazily(true)
+        .build()
+        .expect("lazy build");
     let e = server_error(locks.try_lock("k", TTL), "NOPERM");
     assert!(
         !e.is_retryable(),

@@ -8,7 +8,7 @@ pub mod reference;
 use bytes::BytesMut;
 
 use crate::resp::{self, Parse};
-use crate::script::Op;
+use crate::script::{Form, Op};
 use crate::token::Token;
 
 /// The largest reply the decoder accepts, in bytes.
@@ -35,17 +35,17 @@ impl BenchToken {
 
 /// Encodes `SET key token NX PX ttl_ms`.
 pub fn encode_acquire(buf: &mut BytesMut, key: &[u8], token: &BenchToken, ttl_ms: u64) {
-    Op::Acquire { ttl_ms }.encode(buf, key, &token.0, false);
+    Op::Acquire { ttl_ms }.encode(buf, key, &token.0, Form::Sha);
 }
 
 /// Encodes the release script call by SHA.
 pub fn encode_release(buf: &mut BytesMut, key: &[u8], token: &BenchToken) {
-    Op::Release.encode(buf, key, &token.0, false);
+    Op::Release.encode(buf, key, &token.0, Form::Sha);
 }
 
 /// Encodes the extend script call by SHA.
 pub fn encode_extend(buf: &mut BytesMut, key: &[u8], token: &BenchToken, ttl_ms: u64) {
-    Op::Extend { ttl_ms }.encode(buf, key, &token.0, false);
+    Op::Extend { ttl_ms }.encode(buf, key, &token.0, Form::Sha);
 }
 
 /// Decodes one reply; returns the bytes it used, `None` when incomplete or
@@ -58,14 +58,14 @@ pub fn decode_len(buf: &[u8]) -> Option<usize> {
 }
 
 /// A node's pool without the network: for the checkout/return bench.
-pub struct BenchPool(crate::node::Node);
+pub struct BenchPool(std::sync::Arc<crate::node::Node>);
 
 impl BenchPool {
     /// A pool of `size` connections to the Redis-speaking server at
     /// 127.0.0.1:`port` (a real one, or a fake that answers the handshake).
     pub fn connect(port: u16, size: usize) -> BenchPool {
-        let node = crate::node::Node::new(
-            crate::conn::Endpoint {
+        let node = std::sync::Arc::new(crate::node::Node::new(
+            crate::endpoint::Endpoint {
                 host: "127.0.0.1".into(),
                 port,
                 username: None,
@@ -80,14 +80,18 @@ impl BenchPool {
                 max_conns: size,
                 wait: std::time::Duration::from_secs(1),
             },
-        );
+        ));
         node.preconnect(size).expect("connect the bench pool");
         BenchPool(node)
     }
 
     /// Takes a connection and puts it back.
     pub fn checkout_return(&self) {
-        drop(self.0.checkout(false).expect("checkout"));
+        drop(
+            self.0
+                .checkout(crate::node::Take::Pooled)
+                .expect("checkout"),
+        );
     }
 }
 

@@ -12,7 +12,7 @@ use super::reference::{self, RefParse, RefReply};
 use crate::LockManager;
 use crate::error::Error;
 use crate::resp::{self, MAX_REPLY, Parse, ReadBuf, Reply};
-use crate::script::{EXTEND, Op, RELEASE, SHAS};
+use crate::script::{EXTEND, Form, Op, RELEASE, SHAS};
 use crate::token::Token;
 
 /// The decoder on arbitrary bytes: never panics, agrees exactly with the
@@ -147,13 +147,14 @@ pub fn roundtrip(data: &[u8]) {
     let ttl_ms = u64::from_le_bytes(ttl);
     let token = Token::random().expect("os random source");
     let full_script = selector & 0x80 != 0;
+    let form = if full_script { Form::Source } else { Form::Sha };
     let op = match selector % 3 {
         0 => Op::Acquire { ttl_ms },
         1 => Op::Release,
         _ => Op::Extend { ttl_ms },
     };
     let mut buf = BytesMut::new();
-    op.encode(&mut buf, key, &token, full_script);
+    op.encode(&mut buf, key, &token, form);
 
     let ttl_text = ttl_ms.to_string().into_bytes();
     let (script, sha): (&[u8], &[u8]) = match op {
@@ -231,13 +232,13 @@ pub fn builder(data: &[u8]) {
     };
     let key = vec![b'k'; key_len];
     let ttl = Duration::from_micros(ttl_us);
-    let inner = manager.inner();
+    let limits = manager.limits();
     let ttl_ms = Duration::from_millis(ttl.as_millis() as u64);
     let ok = !key.is_empty()
-        && key.len() <= inner.max_key_len
-        && ttl <= inner.max_ttl
-        && ttl_ms > inner.quorum.drift(ttl_ms);
-    match inner.check(&key, ttl) {
+        && key.len() <= limits.max_key_len
+        && ttl <= limits.max_ttl
+        && ttl_ms > manager.drift(ttl_ms);
+    match manager.check(&key, ttl) {
         Ok(checked) => {
             assert!(ok, "accepted key of {key_len} bytes with ttl {ttl:?}");
             assert_eq!(

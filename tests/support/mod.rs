@@ -19,6 +19,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use redlease::{LockManager, LockManagerBuilder};
+
 /// Environment variable naming the `redis-server` binary to run.
 pub const SERVER_ENV: &str = "REDLEASE_REDIS_SERVER";
 
@@ -251,6 +253,28 @@ impl Drop for RedisServer {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// A manager over `urls` with the default settings; connects now.
+pub fn manager(urls: impl IntoIterator<Item = String>) -> LockManager {
+    manager_with(urls, LockManager::builder())
+}
+
+/// A manager over `urls` with the settings already on `builder`.
+pub fn manager_with(
+    urls: impl IntoIterator<Item = String>,
+    builder: LockManagerBuilder,
+) -> LockManager {
+    builder.nodes(urls).build().expect("build the lock manager")
+}
+
+/// Takes and releases one lock, so that every pool has a warm connection.
+pub fn warm(locks: &LockManager) {
+    let lock = locks
+        .try_lock("warm-up", Duration::from_secs(1))
+        .expect("warm-up try_lock")
+        .expect("the warm-up key is free");
+    assert!(lock.release().expect("warm-up release"));
 }
 
 /// A port that was free a moment ago.

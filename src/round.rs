@@ -1,0 +1,305 @@
+//! One operation over the nodes, in four steps a reader can follow:
+//!
+//! 1. **check out** a connection from every target node and encode the
+//!    request into it (a node that is down or whose pool is exhausted
+//!    fails here);
+//! 2. **scatter**: write every request; the clock for validity and the one
+//!    deadline for all replies start just before the first write, so slow
+//!    checkouts cost the replies nothing;
+//! 3. **gather**: read every reply until the deadline;
+//! 4. **second chance**, once, for nodes that could not answer through no
+//!    fault of theirs: a `NOSCRIPT` reply (the script goes again by
+//!    source) or a pooled connection the server had closed while it sat
+//!    idle (the request goes again on a new connection). Neither can
+//!    repeat, so there is no loop.
+//!
+//! What the operation means (granted, held, lost…) is the quorum's business;
+//! a round only records which nodes said yes, no, or failed, and can clean
+//! up behind itself on the very connections it used.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smallvec::SmallVec;
+
+use crate::error::{Failure, ServerError};
+use crate::node::{Checkout, Node, Take};
+use crate::script::{Form, Op, Vote};
+use crate::time;
+use crate::token::Token;
+
+/// A set of nodes: bit `i` is node `i`.
+pub(crate) type Mask = u64;
+
+/// One connection slot per node; `None` where the node is not taking part.
+type Slots<'a> = SmallVec<[Option<Checkout<'a>>; 8]>;
+
+/// Nodes owed a second chance, and why.
+type Redos = SmallVec<[(usize, Redo); 8]>;
+
+/// Why a node gets a second chance within one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Redo {
+    /// The server lost its script cache: send the script source.
+    Source,
+    /// The pooled connection had been closed by the server: reconnect.
+    Reconnect,
+}
+
+/// What one round found, node by node.
+#[derive(Debug)]
+pub(crate) struct Tally {
+    pub(crate) yes: Mask,
+    pub(crate) no: Mask,
+    /// Nodes whose request was written whole: it may have been applied,
+    /// whatever (if anything) came back.
+    pub(crate) sent: Mask,
+    /// The first failure and its node, for the error.
+    pub(crate) first_failure: Option<(usize, Failure)>,
+    /// Just before the first request was written.
+    pub(crate) start: Instant,
+    /// Just after the last reply was read.
+    pub(crate) end: Instant,
+}
+
+impl Tally {
+    fn new(now: Instant) -> Tally {
+        Tally {
+            yes: 0,
+            no: 0,
+            sent: 0,
+            first_failure: None,
+            start: now,
+            end: now,
+        }
+    }
+
+    pub(crate) fn yes_count(&self) -> usize {
+        self.yes.count_ones() as usize
+    }
+
+    pub(crate) fn no_count(&self) -> usize {
+        self.no.count_ones() as usize
+    }
+
+    fn fail(&mut self, node: usize, failure: Failure) {
+        if self.first_failure.is_none() {
+            self.first_failure = Some((node, failure));
+        }
+    }
+}
+
+/// Step 1: a connection from every target node, its request encoded; the
+/// first node that could not give one is noted in `first_failure`.
+fn check_out<'q>(
+    nodes: &'q [Arc<Node>],
+    op: Op,
+    key: &[u8],
+    token: &Token,
+    targets: Mask,
+    first_failure: &mut Option<(usize, Failure)>,
+) -> Slots<'q> {
+    let mut slots = Slots::new();
+    for (i, node) in nodes.iter().enumerate() {
+        let mut slot = None;
+        if targets & (1 << i) != 0 {
+            match node.checkout(Take::Pooled) {
+                Ok(mut conn) => {
+                    op.encode(conn.request(), key, token, Form::Sha);
+                    slot = Some(conn);
+                }
+                Err(failure) => {
+                    first_failure.get_or_insert((i, failure));
+                }
+            }
+        }
+        slots.push(slot);
+    }
+    slots
+}
+
+/// One operation in flight: its connections and what they said.
+pub(crate) struct Round<'q> {
+    nodes: &'q [Arc<Node>],
+    op: Op,
+    key: &'q [u8],
+    token: &'q Token,
+    io_timeout: Duration,
+    slots: Slots<'q>,
+    tally: Tally,
+}
+
+impl<'q> Round<'q> {
+    /// Runs `op` on the nodes in `targets`: check out, scatter, gather,
+    /// second chance.
+    pub(crate) fn run(
+        nodes: &'q [Arc<Node>],
+        io_timeout: Duration,
+        op: Op,
+        key: &'q [u8],
+        token: &'q Token,
+        targets: Mask,
+    ) -> Round<'q> {
+        let mut first_failure = None;
+        let slots = check_out(nodes, op, key, token, targets, &mut first_failure);
+        let mut round = Round {
+            nodes,
+            op,
+            key,
+            token,
+            io_timeout,
+            slots,
+            tally: Tally::new(Instant::now()),
+        };
+        round.tally.first_failure = first_failure;
+        let deadline = time::deadline(round.tally.start, io_timeout);
+        let mut redos = Redos::new();
+        let pending = round.scatter(&mut redos);
+        round.gather(pending, deadline, true, &mut redos);
+        if !redos.is_empty() {
+            round.second_chance(&redos, deadline);
+        }
+        round.tally.end = Instant::now();
+        round
+    }
+
+    pub(crate) fn tally(&self) -> &Tally {
+        &self.tally
+    }
+
+    /// The tally, once the connections are no longer needed.
+    pub(crate) fn into_tally(self) -> Tally {
+        self.tally
+    }
+
+    /// Step 2: writes every encoded request; returns the nodes that now owe
+    /// a reply.
+    fn scatter(&mut self, redos: &mut Redos) -> Mask {
+        let mut pending = 0;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(conn) = slot else { continue };
+            match conn.send() {
+                Ok(()) => pending |= 1 << i,
+                Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
+                Err(failure) => self.tally.fail(i, failure),
+            }
+        }
+        self.tally.sent |= pending;
+        pending
+    }
+
+    /// Step 3: reads one reply from each node in `pending`, until
+    /// `deadline`. A timeout counts against a node only if its request
+    /// `had_time` to be answered. Nodes that could not answer through no
+    /// fault of theirs go into `redos`.
+    fn gather(&mut self, pending: Mask, deadline: Instant, had_time: bool, redos: &mut Redos) {
+        let op = self.op;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if pending & (1 << i) == 0 {
+                continue;
+            }
+            let Some(conn) = slot else { continue };
+            match conn.recv(deadline, had_time, |reply| op.interpret(reply)) {
+                Ok(Vote::Yes) => self.tally.yes |= 1 << i,
+                Ok(Vote::No) => self.tally.no |= 1 << i,
+                Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
+                    redos.push((i, Redo::Source));
+                }
+                Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
+                Err(failure) => self.tally.fail(i, failure),
+            }
+        }
+    }
+
+    /// Step 4: sends again to the nodes in `redos`, then gathers their
+    /// replies under the same deadline. Whatever asks for a third attempt
+    /// is final.
+    fn second_chance(&mut self, redos: &Redos, deadline: Instant) {
+        let mut again = 0;
+        for &(i, why) in redos {
+            let sent = match why {
+                Redo::Source => {
+                    log::debug!(
+                        "redlease: script missing on {}, sending its source",
+                        self.nodes[i].name
+                    );
+                    let Some(conn) = self.slots[i].as_mut() else {
+                        continue;
+                    };
+                    self.op
+                        .encode(conn.request(), self.key, self.token, Form::Source);
+                    conn.send()
+                }
+                Redo::Reconnect => {
+                    // Give back the dead connection before asking for a new
+                    // one, and connect within what is left of the deadline.
+                    self.slots[i] = None;
+                    let budget = deadline.saturating_duration_since(Instant::now());
+                    self.nodes[i]
+                        .checkout(Take::Fresh { budget })
+                        .and_then(|mut conn| {
+                            self.op
+                                .encode(conn.request(), self.key, self.token, Form::Sha);
+                            conn.send()?;
+                            self.slots[i] = Some(conn);
+                            Ok(())
+                        })
+                }
+            };
+            match sent {
+                Ok(()) => again |= 1 << i,
+                Err(failure) => self.tally.fail(i, failure),
+            }
+        }
+        self.tally.sent |= again;
+        // Requests written this late may have had too little time for a
+        // timeout to say anything about their node.
+        let had_time = deadline.saturating_duration_since(Instant::now()) >= self.io_timeout / 2;
+        let mut third = Redos::new();
+        self.gather(again, deadline, had_time, &mut third);
+        for (i, _) in third {
+            self.tally
+                .fail(i, Failure::Protocol("node asked for a third attempt"));
+        }
+    }
+
+    /// Releases whatever this round may have written, on the very
+    /// connections it used, except on the nodes in `skip` (they said nothing
+    /// was written). On the same connection the release runs after the
+    /// request even when the request's reply never came: a connection that
+    /// timed out still carries it, then is closed without waiting for a
+    /// reply. Returns the round's tally (not the clean-up's).
+    pub(crate) fn clean_up(mut self, skip: Mask) -> Tally {
+        let mut pending = 0;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            let Some(conn) = slot.as_mut().filter(|_| skip & (1 << i) == 0) else {
+                continue;
+            };
+            // By source, so that no NOSCRIPT round is needed.
+            Op::Release.encode(conn.request(), self.key, self.token, Form::Source);
+            if conn.send().is_ok() {
+                if conn.is_broken() {
+                    conn.discard_arrived();
+                } else {
+                    pending |= 1 << i;
+                }
+            }
+        }
+        self.op = Op::Release;
+        let now = Instant::now();
+        let tally = std::mem::replace(&mut self.tally, Tally::new(now));
+        self.gather(
+            pending,
+            time::deadline(now, self.io_timeout),
+            true,
+            &mut Redos::new(),
+        );
+        if let Some((node, failure)) = &self.tally.first_failure {
+            log::debug!(
+                "redlease: clean-up after a failed operation failed on {}: {failure:?}",
+                self.nodes[*node].name
+            );
+        }
+        tally
+    }
+}
