@@ -20,12 +20,10 @@ use redlease::LockManager;
 use support::RedisServer;
 
 fn manager(servers: &[RedisServer]) -> LockManager {
-    LockManager::builder()
-        .nodes(servers.iter().map(RedisServer::url))
-        .pool_size(16)
-        .preconnect(8)
-        .build()
-        .expect("build")
+    support::manager_with(
+        servers.iter().map(RedisServer::url),
+        LockManager::builder().pool_size(16).preconnect(8),
+    )
 }
 
 fn one_node(c: &mut Criterion) {

@@ -16,10 +16,7 @@ fn take(locks: &LockManager, key: &str, ttl: Duration) -> Lock {
 }
 
 fn manager(server: &RedisServer) -> LockManager {
-    LockManager::builder()
-        .node(server.url())
-        .build()
-        .expect("build against a running server")
+    support::manager([server.url()])
 }
 
 /// The manager and the guard have the auto traits users rely on.

@@ -7,7 +7,6 @@ mod support;
 
 use std::time::Duration;
 
-use redlease::LockManager;
 use support::RedisServer;
 use support::alloc::CountingAllocator;
 
@@ -44,12 +43,7 @@ fn key_of(len: usize) -> Vec<u8> {
 #[test]
 fn hot_path_does_not_allocate() {
     let servers = RedisServer::start_many(5);
-    let quorum = |n: usize| {
-        LockManager::builder()
-            .nodes(servers[..n].iter().map(RedisServer::url))
-            .build()
-            .expect("build")
-    };
+    let quorum = |n: usize| support::manager(servers[..n].iter().map(RedisServer::url));
     let (one, three, five) = (quorum(1), quorum(3), quorum(5));
     let short = key_of(8);
     let long = key_of(64);
@@ -108,10 +102,7 @@ fn the_counter_counts() {
     assert_eq!(n, 1);
     // A key longer than 64 bytes is kept on the heap: one allocation.
     let server = RedisServer::start();
-    let locks = LockManager::builder()
-        .node(server.url())
-        .build()
-        .expect("build");
+    let locks = support::manager([server.url()]);
     let key = key_of(65);
     drop(locks.try_lock(&key, TTL).expect("warm up"));
     let n = allocations(|| {

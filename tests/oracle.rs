@@ -20,12 +20,10 @@ fn patient() -> RetryPolicy {
 }
 
 fn manager(servers: &[RedisServer]) -> LockManager {
-    LockManager::builder()
-        .nodes(servers.iter().map(RedisServer::url))
-        .retry(patient())
-        .pool_size(16)
-        .build()
-        .expect("build")
+    support::manager_with(
+        servers.iter().map(RedisServer::url),
+        LockManager::builder().retry(patient()).pool_size(16),
+    )
 }
 
 /// 16 threads × 100 acquisitions on one key, on 1, 3 and 5 nodes.
@@ -73,12 +71,17 @@ fn interval_overlap_counting() {
     let t = std::time::Instant::now();
     let ms = |n| t + Duration::from_millis(n);
     assert_eq!(
-        oracle::overlaps(vec![(ms(0), ms(1)), (ms(1), ms(2)), (ms(3), ms(4))]),
+        oracle::overlaps(&mut [(0, ms(0), ms(1)), (0, ms(1), ms(2)), (0, ms(3), ms(4))]),
         0
     );
     assert_eq!(
-        oracle::overlaps(vec![(ms(0), ms(5)), (ms(1), ms(2)), (ms(3), ms(4))]),
+        oracle::overlaps(&mut [(0, ms(0), ms(5)), (0, ms(1), ms(2)), (0, ms(3), ms(4))]),
         2
+    );
+    // Sections on different keys never overlap each other.
+    assert_eq!(
+        oracle::overlaps(&mut [(1, ms(0), ms(5)), (2, ms(1), ms(2)), (3, ms(3), ms(4))]),
+        0
     );
 }
 

@@ -12,10 +12,6 @@ use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(10);
 
-fn manager(urls: impl IntoIterator<Item = String>) -> LockManager {
-    LockManager::builder().nodes(urls).build().expect("build")
-}
-
 /// Expects a server error whose text starts with `prefix`.
 fn server_error<T: std::fmt::Debug>(result: Result<T, Error>, prefix: &str) -> Error {
     match result {
@@ -38,7 +34,7 @@ fn server_error<T: std::fmt::Debug>(result: Result<T, Error>, prefix: &str) -> E
 #[test]
 fn oom() {
     let server = RedisServer::start();
-    let locks = manager([server.url()]);
+    let locks = support::manager([server.url()]);
     let lock = locks
         .try_lock("held-before", TTL)
         .expect("try_lock")
@@ -61,7 +57,7 @@ fn oom() {
 #[test]
 fn oom_on_a_minority_and_a_majority() {
     let servers = RedisServer::start_many(3);
-    let locks = manager(servers.iter().map(RedisServer::url));
+    let locks = support::manager(servers.iter().map(RedisServer::url));
     let oom = |s: &RedisServer| {
         let _: () = s.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
         let _: () = s.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
@@ -94,7 +90,7 @@ fn readonly_replica() {
     let replica = RedisServer::start();
     let port = primary.port.to_string();
     let _: () = replica.cmd(&[b"REPLICAOF", b"127.0.0.1", port.as_bytes()]);
-    let locks = manager([replica.url()]);
+    let locks = support::manager([replica.url()]);
     let e = server_error(locks.try_lock("k", TTL), "READONLY");
     assert!(e.to_string().contains("read only replica"), "{e}");
 }
@@ -135,7 +131,7 @@ fn noperm() {
 #[test]
 fn busy() {
     let server = RedisServer::start();
-    let locks = manager([server.url()]);
+    let locks = support::manager([server.url()]);
     let _: () = server.cmd(&[b"CONFIG", b"SET", b"busy-reply-threshold", b"20"]);
     let url = server.url();
     let script = thread::spawn(move || {
@@ -149,7 +145,11 @@ fn busy() {
             .arg(0)
             .query(&mut con);
     });
-    thread::sleep(Duration::from_millis(100));
+    support::eventually(Duration::from_secs(2), "the script busy", || {
+        server
+            .raw(b"GET x", Duration::from_secs(1))
+            .is_some_and(|reply| reply.starts_with("-BUSY"))
+    });
     let e = server_error(locks.try_lock("k", TTL), "BUSY");
     assert!(e.is_retryable());
     let _: () = server.cmd(&[b"SCRIPT", b"KILL"]);

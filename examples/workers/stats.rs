@@ -78,21 +78,7 @@ impl Stats {
 
     /// Pairs of critical sections on the same key that overlap in time.
     pub fn overlaps(&mut self) -> u64 {
-        self.intervals.sort_unstable();
-        let mut overlaps = 0;
-        let mut last: Option<(usize, u64)> = None;
-        for &(key, begin, end) in &self.intervals {
-            match last {
-                Some((k, latest_end)) if k == key => {
-                    if begin < latest_end {
-                        overlaps += 1;
-                    }
-                    last = Some((key, latest_end.max(end)));
-                }
-                _ => last = Some((key, end)),
-            }
-        }
-        overlaps
+        crate::support::oracle::overlaps(&mut self.intervals)
     }
 }
 

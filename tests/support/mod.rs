@@ -167,13 +167,26 @@ impl RedisServer {
     }
 
     fn answers_ping(&self) -> bool {
-        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
-            return false;
-        };
-        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
-        let mut buf = [0u8; 64];
-        // With --requirepass the server answers NOAUTH: it is up all the same.
-        s.write_all(b"PING\r\n").is_ok() && s.read(&mut buf).is_ok_and(|n| n > 0)
+        self.answers_ping_within(Duration::from_secs(1))
+    }
+
+    /// Whether the server answers a `PING` within `limit` (a server in
+    /// `DEBUG SLEEP` or stopped does not). With --requirepass the server
+    /// answers NOAUTH: it is up all the same.
+    pub fn answers_ping_within(&self, limit: Duration) -> bool {
+        self.raw(b"PING", limit).is_some()
+    }
+
+    /// Sends one inline command on a new connection, without any
+    /// handshake, and returns the start of the reply, if one comes within
+    /// `limit`: for looking at a server that is busy or asleep.
+    pub fn raw(&self, command: &[u8], limit: Duration) -> Option<String> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).ok()?;
+        s.set_read_timeout(Some(limit)).ok()?;
+        s.write_all(&[command, b"\r\n"].concat()).ok()?;
+        let mut buf = [0u8; 256];
+        let n = s.read(&mut buf).ok().filter(|&n| n > 0)?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 
     /// `redis://127.0.0.1:port`
@@ -206,6 +219,16 @@ impl RedisServer {
     /// The value at `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.cmd(&[b"GET", key])
+    }
+
+    /// Clients connected now, as `INFO clients` counts them (the one asking
+    /// included).
+    pub fn connected_clients(&self) -> usize {
+        let info: String = self.cmd(&[b"INFO", b"clients"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("connected_clients:"))
+            .and_then(|n| n.trim().parse().ok())
+            .expect("INFO clients has connected_clients")
     }
 
     /// `PTTL key`: -2 when missing, -1 without expiry.
@@ -275,6 +298,18 @@ pub fn warm(locks: &LockManager) {
         .expect("warm-up try_lock")
         .expect("the warm-up key is free");
     assert!(lock.release().expect("warm-up release"));
+}
+
+/// Polls `condition` every millisecond until it holds; fails the test,
+/// naming `what`, if it does not within `limit`. For waiting on a state
+/// the test cannot be told about (a server busy, a connection reset, a key
+/// expired), instead of sleeping for a guessed time.
+pub fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !condition() {
+        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// A port that was free a moment ago.

@@ -137,7 +137,7 @@ impl Oracle {
                         };
                         let (begin, end, company) = self.section(&mut con, hold);
                         drop(guard);
-                        intervals.lock().expect("intervals").push((begin, end));
+                        intervals.lock().expect("intervals").push(((), begin, end));
                         let mut v = verdict.lock().expect("verdict");
                         v.sections += 1;
                         v.gauge_overlaps += u64::from(company);
@@ -147,7 +147,7 @@ impl Oracle {
         });
         let mut verdict = verdict.into_inner().expect("verdict");
         verdict.lost_updates = verdict.sections - (self.count() - before).min(verdict.sections);
-        verdict.interval_overlaps = overlaps(intervals.into_inner().expect("intervals"));
+        verdict.interval_overlaps = overlaps(&mut intervals.into_inner().expect("intervals"));
         verdict
     }
 }
@@ -183,16 +183,23 @@ pub fn section(
     (begin, Instant::now(), inside > 1)
 }
 
-/// Pairs of intervals that intersect.
-pub fn overlaps(mut intervals: Vec<(Instant, Instant)>) -> u64 {
-    intervals.sort();
+/// Critical sections, as `(key, begin, end)`, that began before an earlier
+/// one on the same key had ended: zero means mutual exclusion held.
+/// Touching intervals (one ends as the next begins) are fine. Sorts
+/// `intervals` in place. Shared by the tests, the oracle and the workers
+/// tool, so that all three judge overlaps the same way.
+pub fn overlaps<K: Ord + Copy, T: Ord + Copy>(intervals: &mut [(K, T, T)]) -> u64 {
+    intervals.sort_unstable();
     let mut overlaps = 0;
-    let mut latest_end: Option<Instant> = None;
-    for (begin, end) in intervals {
-        if latest_end.is_some_and(|e| begin < e) {
-            overlaps += 1;
-        }
-        latest_end = Some(latest_end.map_or(end, |e| e.max(end)));
+    let mut latest: Option<(K, T)> = None;
+    for &(key, begin, end) in intervals.iter() {
+        latest = match latest {
+            Some((k, latest_end)) if k == key => {
+                overlaps += u64::from(begin < latest_end);
+                Some((key, latest_end.max(end)))
+            }
+            _ => Some((key, end)),
+        };
     }
     overlaps
 }
