@@ -27,7 +27,9 @@
 //!
 //! While [`Lock::remaining`] is above zero, no other client of this crate
 //! (or of any correct Redlock implementation) holds the same key, provided
-//! the servers' clocks do not jump and a majority of them keep their data.
+//! the servers' clocks do not jump and a majority of them keep their data:
+//! `remaining()` never exceeds the TTL a majority of the nodes could still
+//! hold, even after an [`extend`](Lock::extend) whose outcome is unknown.
 //! Not covered, as with every Redis lock: failover to a replica that had not
 //! yet received the key (replication is asynchronous), a node restarted
 //! without persistence before the longest TTL has passed, and a process that

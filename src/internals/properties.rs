@@ -207,6 +207,9 @@ pub fn builder(data: &[u8]) {
     let drift = next(2) as f64 / 65536.0;
     let ttl_us = next(6);
     let key_len = next(2) as usize;
+    let connect_timeout = edge_duration(next(1), next(4));
+    let pool_wait = edge_duration(next(1), next(4));
+    let max_wait = edge_duration(next(1), next(4));
     let rest: Vec<u8> = bytes.collect();
     // Credentials from the bytes, percent-encoded so the URL stays a URL;
     // the host is always a loopback literal so nothing is resolved.
@@ -217,6 +220,9 @@ pub fn builder(data: &[u8]) {
         .node(url.as_str())
         .connect_lazily(true)
         .io_timeout(Duration::from_millis(io_ms))
+        .connect_timeout(connect_timeout)
+        .pool_wait(pool_wait)
+        .retry(crate::RetryPolicy::default().max_wait(max_wait))
         .pool_size(pool)
         .max_ttl(Duration::from_millis(max_ttl_ms))
         .max_key_len(max_key)
@@ -250,6 +256,18 @@ pub fn builder(data: &[u8]) {
             assert!(!ok, "refused key of {key_len} bytes with ttl {ttl:?}")
         }
         Err(e) => panic!("validation failed with a non-argument error: {e:?}"),
+    }
+}
+
+/// A duration from fuzz bytes: one of the edge values a caller might pass
+/// to mean "none" or "no bound", or a number of milliseconds.
+fn edge_duration(selector: u64, ms: u64) -> Duration {
+    match selector % 6 {
+        0 => Duration::ZERO,
+        1 => Duration::from_nanos(1),
+        2 => Duration::MAX,
+        3 => Duration::from_secs(u64::MAX),
+        _ => Duration::from_millis(ms),
     }
 }
 
