@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use crate::endpoint::Endpoint;
 use crate::error::{Failure, ServerError};
 use crate::resp::{self, ReadBuf, Reply};
-use crate::script::{self, SHAS};
+use crate::script::{self, SCRIPTS};
 use crate::time;
 
 /// Write buffer capacity reserved at connect: fits every lock command for
@@ -102,8 +102,9 @@ impl Conn {
     }
 
     fn handshake(&mut self, endpoint: &Endpoint, io_timeout: Duration) -> Result<(), Failure> {
-        // SCRIPT LOAD twice and PING, plus AUTH and SELECT when configured.
-        let mut commands = 3;
+        // SCRIPT LOAD for each script and PING, plus AUTH and SELECT when
+        // configured.
+        let mut commands = SCRIPTS.all().len() as u32 + 1;
         if let Some(password) = &endpoint.password {
             commands += 1;
             match &endpoint.username {
@@ -135,18 +136,15 @@ impl Conn {
         }
 
         let deadline = time::deadline_in(io_timeout);
-        let mut expected: SmallVec<[Handshake; 5]> = SmallVec::new();
+        let mut expected: SmallVec<[Handshake; 8]> = SmallVec::new();
         if endpoint.password.is_some() {
             expected.push(Handshake::Ok);
         }
         if endpoint.db != 0 {
             expected.push(Handshake::Ok);
         }
-        expected.extend([
-            Handshake::Loaded(&SHAS.release),
-            Handshake::Loaded(&SHAS.extend),
-            Handshake::Pong,
-        ]);
+        expected.extend(SCRIPTS.all().map(|script| Handshake::Loaded(&script.sha)));
+        expected.push(Handshake::Pong);
         // Read every reply even after a failure, so that the first failure
         // reported is the root cause (a bad AUTH, not the NOAUTH after it);
         // stop at the first transport failure.
@@ -170,6 +168,12 @@ impl Conn {
             (Some(failure), Ok(())) => Err(self.fail(failure)),
             (None, Ok(())) => Ok(()),
         }
+    }
+
+    /// The socket, once the handshake is done, for a connection that will
+    /// speak pub/sub (the subscriber reads it its own way).
+    pub(crate) fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// The write buffer, cleared, for the next request.

@@ -182,8 +182,12 @@ impl ServerError {
             ServerError::NoScript
         } else if text.starts_with(b"NOAUTH") || text.starts_with(b"WRONGPASS") {
             ServerError::Auth
-        } else if text.starts_with(b"NOPERM") || has(b"The user executing the script can't") {
-            // Redis 6.2–7.x word these differently; all name what was refused.
+        } else if text.starts_with(b"NOPERM")
+            || has(b"The user executing the script can't")
+            || has(b"ACL failure in script")
+        {
+            // Redis 6.2, 7.0 and 7.2 word these differently; all name what
+            // was refused.
             if has(b"command") && !has(b"keys mentioned") {
                 ServerError::CommandDenied
             } else {
@@ -473,7 +477,15 @@ mod tests {
     /// The texts Redis 7.0 sends, each classified as a lock needs it.
     #[test]
     fn server_error_classification() {
-        let cases: [(&[u8], ServerError); 9] = [
+        let cases: [(&[u8], ServerError); 11] = [
+            (
+                b"ERR ACL failure in script: User limited has no permissions to run the 'del' command script: 98b2, on @user_script:1.",
+                ServerError::CommandDenied,
+            ),
+            (
+                b"ERR ACL failure in script: No permissions to access a key script: 51c1, on @user_script:1.",
+                ServerError::KeyDenied,
+            ),
             (b"NOSCRIPT No matching script. Please use EVAL.", ServerError::NoScript),
             (b"WRONGPASS invalid username-password pair or user is disabled.", ServerError::Auth),
             (b"NOAUTH Authentication required.", ServerError::Auth),

@@ -63,8 +63,10 @@ mod resp;
 mod retry;
 mod round;
 mod script;
+mod subscriber;
 mod time;
 mod token;
+mod wait;
 
 pub use builder::LockManagerBuilder;
 pub use error::{Error, Result};

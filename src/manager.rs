@@ -7,10 +7,12 @@ use std::time::{Duration, Instant};
 use crate::builder::LockManagerBuilder;
 use crate::error::{Error, Result};
 use crate::lock::Lock;
-use crate::quorum::{Acquired, ExtendFailed, Quorum};
+use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum};
 use crate::retry::RetryPolicy;
+use crate::script::FAIR_LEASE_MS;
 use crate::time;
 use crate::token::Token;
+use crate::wait::{Handed, Registration, Wakeups};
 
 /// Hands out locks on one Redis node or a Redlock quorum of independent
 /// nodes.
@@ -43,6 +45,12 @@ struct Shared {
     quorum: Quorum,
     retry: RetryPolicy,
     limits: Limits,
+    /// Waiters and the subscribers that wake them. Dropped with the last
+    /// clone, which stops the subscriber threads.
+    wakeups: Wakeups,
+    /// First come, first served (one node only).
+    fair: bool,
+    io_timeout: Duration,
 }
 
 /// What keys and TTLs the manager accepts.
@@ -73,12 +81,22 @@ impl LockManager {
         LockManagerBuilder::default()
     }
 
-    pub(crate) fn new(quorum: Quorum, retry: RetryPolicy, limits: Limits) -> LockManager {
+    pub(crate) fn new(
+        quorum: Quorum,
+        retry: RetryPolicy,
+        limits: Limits,
+        fair: bool,
+        io_timeout: Duration,
+    ) -> LockManager {
+        let wakeups = Wakeups::new(quorum.nodes(), fair);
         LockManager {
             shared: Arc::new(Shared {
                 quorum,
                 retry,
                 limits,
+                wakeups,
+                fair,
+                io_timeout,
             }),
         }
     }
@@ -107,7 +125,13 @@ impl LockManager {
     pub fn try_lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Option<Lock>> {
         let key = key.as_ref();
         let ttl = self.check(key, ttl)?;
-        self.attempt(key, ttl, 1)
+        let how = if self.shared.fair {
+            // Fair: only when no one is queued.
+            Attempt::Fair { enqueue: false }
+        } else {
+            Attempt::Plain
+        };
+        Ok(self.attempt(key, ttl, 1, how, None)?.ok())
     }
 
     /// Takes the lock, waiting by the manager's retry policy while another
@@ -170,6 +194,14 @@ impl LockManager {
 
     /// Attempts until one succeeds, an error is final, or the policy's
     /// attempts or the deadline run out; says which.
+    ///
+    /// Waking (the default, see [`RetryPolicy::wake_on_release`]): after a
+    /// first attempt finds the lock held, the thread registers as a waiter
+    /// (subscribed and confirmed before it goes on, so no release can be
+    /// missed) and attempts again at once; from then on each attempt also
+    /// learns how long the holder keeps the key, and the thread sleeps until
+    /// it is woken by a release, that time runs out, the wake cap passes,
+    /// or the deadline comes. Failures are retried on the backoff's delays.
     fn wait(
         &self,
         key: &[u8],
@@ -177,44 +209,119 @@ impl LockManager {
         policy: &RetryPolicy,
         deadline: Option<Instant>,
     ) -> Waited {
+        let fair = self.shared.fair;
+        // Fair mode keeps one token, its place in the queue, for the whole
+        // wait; it is still fresh for this acquisition.
+        let fair_token = match fair.then(Token::random).transpose() {
+            Ok(token) => token,
+            Err(e) => return Waited::Failed(Error::RandomSource(e.to_string().into())),
+        };
+        let cap = if fair {
+            // Often enough to renew the place in the queue.
+            policy.cap().min(Duration::from_millis(FAIR_LEASE_MS / 5))
+        } else {
+            policy.cap()
+        };
         let mut delays = policy.delays();
+        let mut waiter: Option<Registration<'_>> = None;
         let mut attempts = 0u32;
-        loop {
+        let mut waited = loop {
             attempts = attempts.saturating_add(1);
-            // `None`: held by another owner; `Some`: a failure worth retrying.
-            let trouble = match self.attempt(key, ttl, attempts) {
-                Ok(Some(lock)) => return Waited::Got(lock),
-                Ok(None) => None,
-                Err(e) if e.is_retryable() => Some(e),
-                Err(e) => return Waited::Failed(e),
-            };
-            let stop = |held: Waited| trouble.map_or(held, Waited::Failed);
-            let Some(mut delay) = delays.next() else {
-                return stop(Waited::Held { attempts });
-            };
-            if let Some(deadline) = deadline {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    return stop(Waited::TimedOut { attempts });
-                }
-                delay = delay.min(left);
+            if let Some(waiter) = &waiter {
+                waiter.attempting();
             }
-            std::thread::sleep(delay);
+            let how = match (fair, &waiter) {
+                (true, _) => Attempt::Fair { enqueue: true },
+                (false, Some(_)) => Attempt::Waiting,
+                (false, None) => Attempt::Plain,
+            };
+            // `trouble`: a failure worth retrying; else the lock was held.
+            let (trouble, retry_in) = match self.attempt(key, ttl, attempts, how, fair_token) {
+                Ok(Ok(lock)) => break Waited::Got(lock),
+                Ok(Err(retry_in)) => (None, retry_in),
+                Err(e) if e.is_retryable() => (Some(e), None),
+                Err(e) => break Waited::Failed(e),
+            };
+            // Waiting to be woken is for held locks; failures back off.
+            let wake = policy.wakes() && trouble.is_none();
+            let stop = |held: Waited| trouble.map_or(held, Waited::Failed);
+            if attempts >= policy.attempts_bound() {
+                break stop(Waited::Held { attempts });
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break stop(Waited::TimedOut { attempts });
+            }
+            if wake && waiter.is_none() {
+                let listen_until = time::deadline(now, self.shared.io_timeout);
+                let listen_until = deadline.map_or(listen_until, |d| d.min(listen_until));
+                waiter = Some(self.shared.wakeups.register(key, ttl, listen_until));
+                continue;
+            }
+            let nap = match (wake, retry_in) {
+                // The holder's key expires in `r`: look just after.
+                (true, Some(r)) => (r + Duration::from_millis(1)).min(cap),
+                (true, None) => cap,
+                (false, _) => delays.next().unwrap_or(cap),
+            };
+            let until = time::deadline(now, nap);
+            let until = deadline.map_or(until, |d| d.min(until));
+            match &waiter {
+                Some(waiter) if wake => {
+                    waiter.wait(until);
+                    if let Some(handed) = waiter.take_handed() {
+                        break Waited::Got(self.handed(key, handed, attempts));
+                    }
+                }
+                _ => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+            }
+        };
+        // A handoff under way to this thread is seen through before leaving.
+        if let Some(handed) = waiter.as_ref().and_then(Registration::settle) {
+            match waited {
+                // Cannot happen (a key handed over was never free for us to
+                // take), but a lock must never be left behind.
+                Waited::Got(_) => {
+                    let _ = self.shared.quorum.release(key, &handed.0);
+                }
+                _ => waited = Waited::Got(self.handed(key, handed, attempts)),
+            }
         }
+        if let (Some(token), false) = (fair_token, matches!(waited, Waited::Got(_))) {
+            self.shared.quorum.fair_leave(key, &token);
+        }
+        waited
     }
 
-    /// One attempt with a fresh token; `attempt` counts from 1.
-    fn attempt(&self, key: &[u8], ttl: Duration, attempt: u32) -> Result<Option<Lock>> {
-        let token = Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?;
-        match self.shared.quorum.acquire(key, &token, ttl)? {
-            Acquired::Granted { valid_until } => Ok(Some(Lock::new(
+    /// The guard for a lock another thread handed over.
+    fn handed(&self, key: &[u8], (token, valid_until): Handed, attempts: u32) -> Lock {
+        Lock::new(self.clone(), key, token, valid_until, attempts)
+    }
+
+    /// One attempt; `attempt` counts from 1. `Ok(Err(retry_in))`: held by
+    /// another owner, whose key expires in `retry_in` when known. A fresh
+    /// token unless fair mode passes the wait's own.
+    fn attempt(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        attempt: u32,
+        how: Attempt,
+        token: Option<Token>,
+    ) -> Result<Result<Lock, Option<Duration>>> {
+        let token = match token {
+            Some(token) => token,
+            None => Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?,
+        };
+        match self.shared.quorum.acquire(key, &token, ttl, how)? {
+            Acquired::Granted { valid_until } => Ok(Ok(Lock::new(
                 self.clone(),
                 key,
                 token,
                 valid_until,
                 attempt,
             ))),
-            Acquired::Held => Ok(None),
+            Acquired::Held { retry_in } => Ok(Err(retry_in)),
         }
     }
 
@@ -229,8 +336,35 @@ impl LockManager {
     }
 
     /// Releases a lock on the quorum; for [`Lock::release`] and its `Drop`.
+    /// When a thread of this manager waits for the key, the lock is handed
+    /// to it directly (see `wait.rs`); otherwise, or if that fails, it is
+    /// released, and a waiter of this manager is woken at once.
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool> {
-        self.shared.quorum.release(key, token)
+        let shared = &*self.shared;
+        if let Some(handoff) = shared.wakeups.claim(key) {
+            // No fresh token, no handoff: `handoff` delivers nothing when
+            // dropped, and the waiter tries by itself.
+            if let Ok(theirs) = Token::random() {
+                match shared.quorum.handoff(key, token, &theirs, handoff.ttl()) {
+                    HandedOff::Granted { valid_until } => {
+                        if !handoff.deliver(Some((theirs, valid_until))) {
+                            // The waiter is gone: let its lock go.
+                            let _ = shared.quorum.release(key, &theirs);
+                        }
+                        return Ok(true);
+                    }
+                    HandedOff::Failed { released } => {
+                        drop(handoff);
+                        return released;
+                    }
+                }
+            }
+        }
+        let released = shared.quorum.release(key, token);
+        if let Ok(true) = released {
+            shared.wakeups.released(key, token);
+        }
+        released
     }
 
     /// What keys and TTLs this manager accepts.
@@ -287,6 +421,7 @@ impl fmt::Debug for LockManager {
             .field("nodes", &self.shared.quorum.nodes())
             .field("quorum", &self.quorum())
             .field("retry", &self.shared.retry)
+            .field("fair", &self.shared.fair)
             .finish_non_exhaustive()
     }
 }

@@ -8,16 +8,18 @@
 //! Health is the node's own business, told to it by its [`Checkout`]s:
 //! - any well-formed reply marks it healthy at once;
 //! - a failed connect, or a timeout on a request that had time to be
-//!   answered, puts it in a reconnect backoff (50 ms doubling to 1 s) during
-//!   which it is skipped ([`Failure::Down`]), so a dead or hung minority
-//!   costs a quorum one timeout per backoff, not one per lock;
+//!   answered, puts it in a reconnect backoff (50 ms doubling to 1 s, one
+//!   step per backoff however many operations failed at once) during which
+//!   it is skipped ([`Failure::Down`]), so a dead or hung minority costs a
+//!   quorum one timeout per backoff, not one per lock; its idle connections
+//!   are closed, since they lead to the same sick server;
 //! - a node that failed is never reconnected on the hot path: once its
 //!   backoff ends, a thread connects in the background and puts the
 //!   connection in the pool, while operations skip the node until then.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -65,9 +67,9 @@ pub(crate) struct Node {
     state: Mutex<State>,
     /// Signalled whenever a connection or a slot for one becomes free.
     freed: Condvar,
-    /// Consecutive failures, for the backoff; zero when healthy. Atomic so
-    /// that a healthy reply costs one load, not a lock.
-    failures: AtomicU32,
+    /// Whether `failures` is above zero: a mirror of the state's, so that a
+    /// healthy reply costs one load, not a lock.
+    failing: AtomicBool,
 }
 
 struct State {
@@ -81,6 +83,8 @@ struct State {
     open: usize,
     /// While set and in the future, the node is skipped.
     down_until: Option<Instant>,
+    /// Backoffs in a row, for the backoff's length; zero when healthy.
+    failures: u32,
     /// A background connect is under way.
     reconnecting: bool,
 }
@@ -105,10 +109,11 @@ impl Node {
                 idle: Vec::with_capacity(config.max_conns),
                 open: 0,
                 down_until: None,
+                failures: 0,
                 reconnecting: false,
             }),
             freed: Condvar::new(),
-            failures: AtomicU32::new(0),
+            failing: AtomicBool::new(false),
         }
     }
 
@@ -117,43 +122,68 @@ impl Node {
         self.timeouts.io
     }
 
+    /// Its address and credentials.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// Its connections' timeouts.
+    pub(crate) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     /// Takes a connection: an idle one if any; else, while there is room, a
     /// new one (connected here if the node is healthy, in the background if
     /// it failed recently: then this returns [`Failure::Down`]); else the
-    /// first one returned within the pool wait.
+    /// first one returned within the pool wait. Never waits for a sick
+    /// node's pool, nor, for [`Take::Fresh`], for any pool.
     pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
-        if let Some(until) = state.down_until
-            && Instant::now() < until
-        {
-            return Err(Failure::Down);
-        }
-        let connect_within = match take {
-            Take::Pooled => self.timeouts.connect,
+        let within = match take {
+            Take::Pooled => self.timeouts,
             Take::Fresh { budget } => {
                 let stale = std::mem::take(&mut state.idle);
                 state.open -= stale.len();
                 state.idle.reserve(self.config.max_conns);
                 drop(stale);
-                budget.min(self.timeouts.connect)
+                Timeouts {
+                    connect: budget.min(self.timeouts.connect),
+                    io: budget.min(self.timeouts.io),
+                }
             }
         };
         let mut deadline = None;
         loop {
+            // Looked at again after every wait: the node may have failed
+            // meanwhile.
+            if let Some(until) = state.down_until
+                && Instant::now() < until
+            {
+                return Err(Failure::Down);
+            }
             if let Some(conn) = state.idle.pop() {
                 return Ok(Checkout {
                     node: self,
                     conn: Some(conn),
                 });
             }
+            let failing = state.failures > 0;
             if state.open < self.config.max_conns {
-                if take == Take::Pooled && self.failures.load(Ordering::Relaxed) > 0 {
+                if take == Take::Pooled && failing {
                     self.reconnect_in_background(&mut state);
                     return Err(Failure::Down);
                 }
                 state.open += 1;
                 drop(state);
-                return self.open_new(connect_within);
+                return self.open_new(within);
+            }
+            if failing || state.reconnecting {
+                // Its connections are busy with a sick server, or one is
+                // being opened in the background: waiting would only wait.
+                return Err(Failure::Down);
+            }
+            if matches!(take, Take::Fresh { .. }) {
+                return Err(Failure::PoolTimeout(Duration::ZERO));
             }
             let deadline = *deadline.get_or_insert_with(|| time::deadline_in(self.config.wait));
             if self.freed.wait_until(&mut state, deadline).timed_out()
@@ -165,13 +195,10 @@ impl Node {
         }
     }
 
-    /// Opens a connection in a slot already counted in `open`, within
-    /// `connect_within`.
-    fn open_new(&self, connect_within: Duration) -> Result<Checkout<'_>, Failure> {
-        let timeouts = Timeouts {
-            connect: connect_within,
-            ..self.timeouts
-        };
+    /// Opens a connection in a slot already counted in `open`, with these
+    /// timeouts (a caller's budget may shorten the node's own).
+    fn open_new(&self, timeouts: Timeouts) -> Result<Checkout<'_>, Failure> {
+        let connect_within = timeouts.connect;
         match Conn::connect(&self.endpoint, timeouts) {
             Ok(conn) => {
                 self.mark_up();
@@ -206,7 +233,13 @@ impl Node {
         let (endpoint, timeouts) = (self.endpoint.clone(), self.timeouts);
         let spawned = thread::Builder::new()
             .name("redlease-reconnect".into())
-            .spawn(move || reconnected(&node, Conn::connect(&endpoint, timeouts)));
+            .spawn(move || {
+                // Whatever happens, the outcome is delivered: a panic must
+                // not leave the node reconnecting for ever.
+                let result = std::panic::catch_unwind(|| Conn::connect(&endpoint, timeouts))
+                    .unwrap_or(Err(Failure::Protocol("reconnect panicked")));
+                reconnected(&node, result);
+            });
         if let Err(e) = spawned {
             state.reconnecting = false;
             state.open -= 1;
@@ -231,11 +264,25 @@ impl Node {
         self.freed.notify_one();
     }
 
-    /// Puts the node in its reconnect backoff.
+    /// Puts the node in its reconnect backoff, one step longer than the
+    /// last, unless it is in one already (operations failing together are
+    /// one failure); closes its idle connections.
     fn mark_down(&self, failure: &Failure) {
-        let failures = self.failures.fetch_add(1, Ordering::Relaxed);
-        let backoff = (BACKOFF_MIN * (1 << failures.min(5))).min(BACKOFF_MAX);
-        self.state.lock().down_until = Some(Instant::now() + backoff);
+        let mut state = self.state.lock();
+        let now = Instant::now();
+        if state.down_until.is_some_and(|until| now < until) {
+            return;
+        }
+        let backoff = (BACKOFF_MIN * (1 << state.failures.min(5))).min(BACKOFF_MAX);
+        state.failures = state.failures.saturating_add(1);
+        state.down_until = Some(now + backoff);
+        self.failing.store(true, Ordering::Relaxed);
+        let idle = std::mem::take(&mut state.idle);
+        state.open -= idle.len();
+        state.idle.reserve(self.config.max_conns);
+        drop(state);
+        // Closing sockets happens outside the lock.
+        drop(idle);
         log::warn!(
             "redlease: node {} marked down for {backoff:?}: {failure:?}",
             self.name
@@ -244,13 +291,16 @@ impl Node {
 
     /// Marks the node healthy: one atomic load when it already is.
     fn mark_up(&self) {
-        if self.failures.load(Ordering::Relaxed) == 0 {
+        if !self.failing.load(Ordering::Relaxed) {
             return;
         }
         let mut state = self.state.lock();
-        if self.failures.swap(0, Ordering::Relaxed) > 0 {
-            state.down_until = None;
-            drop(state);
+        let was_down = state.failures > 0;
+        state.failures = 0;
+        state.down_until = None;
+        self.failing.store(false, Ordering::Relaxed);
+        drop(state);
+        if was_down {
             log::info!("redlease: node {} is back up", self.name);
         }
     }

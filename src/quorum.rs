@@ -39,8 +39,32 @@ pub(crate) struct Quorum {
 pub(crate) enum Acquired {
     /// Ours on a quorum, valid until this instant.
     Granted { valid_until: Instant },
-    /// Held by another owner on enough nodes that no quorum was possible.
-    Held,
+    /// Held by another owner on enough nodes that no quorum was possible;
+    /// `retry_in`, when the nodes said, is when the first of those keys
+    /// expires.
+    Held { retry_in: Option<Duration> },
+}
+
+/// Outcome of a direct handoff.
+#[derive(Debug)]
+pub(crate) enum HandedOff {
+    /// The waiter holds the lock on a quorum, valid until this instant;
+    /// ours is gone.
+    Granted { valid_until: Instant },
+    /// Not handed over: whatever the handoff wrote was cleaned up and ours
+    /// released; `released` says what a plain release would have said.
+    Failed { released: Result<bool, Error> },
+}
+
+/// What kind of acquisition attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// `SET NX PX`: one attempt, or a waiter's first.
+    Plain,
+    /// A waiter's later attempts: also learn how long the holder keeps it.
+    Waiting,
+    /// Fair mode: by the queue; `enqueue` to join it if not granted.
+    Fair { enqueue: bool },
 }
 
 /// A failed extend, and what it leaves of the lock's validity.
@@ -195,14 +219,15 @@ impl Quorum {
         key: &[u8],
         token: &Token,
         ttl: Duration,
+        attempt: Attempt,
     ) -> Result<Acquired, Error> {
-        let round = self.round(
-            Op::Acquire {
-                ttl_ms: millis(ttl),
-            },
-            key,
-            token,
-        );
+        let ttl_ms = millis(ttl);
+        let op = match attempt {
+            Attempt::Plain => Op::Acquire { ttl_ms },
+            Attempt::Waiting => Op::AcquireOrPttl { ttl_ms },
+            Attempt::Fair { enqueue } => Op::FairAcquire { ttl_ms, enqueue },
+        };
+        let round = self.round(op, key, token);
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -218,10 +243,55 @@ impl Quorum {
                 ttl,
             })
         } else if tally.no_count() > self.nodes.len() - self.needed() {
-            Ok(Acquired::Held)
+            Ok(Acquired::Held {
+                retry_in: tally.held_ms.map(Duration::from_millis),
+            })
         } else {
             Err(self.no_quorum(tally))
         }
+    }
+
+    /// Hands our lock on `key` (token `ours`) to `theirs` for `ttl`, on
+    /// every node, in one round trip: a node swaps the tokens only if it
+    /// still holds ours, so the key is never free in between. Granted by the
+    /// same rules as an acquisition (a quorum, validity left, measured from
+    /// the first write). On failure, the waiter's token is released wherever
+    /// it may have been written, and ours everywhere.
+    pub(crate) fn handoff(
+        &self,
+        key: &[u8],
+        ours: &Token,
+        theirs: &Token,
+        ttl: Duration,
+    ) -> HandedOff {
+        let op = Op::Handoff {
+            ttl_ms: millis(ttl),
+            to: *theirs,
+        };
+        let round = self.round(op, key, ours);
+        let tally = round.tally();
+        let valid_until = self.valid_until(tally.start, ttl);
+        if tally.yes_count() >= self.needed() && tally.end < valid_until {
+            return HandedOff::Granted { valid_until };
+        }
+        let (swapped, not_ours) = (tally.yes_count(), tally.no_count());
+        let skip = tally.no;
+        round.clean_up_token(skip, theirs);
+        let release = self.release(key, ours);
+        let released = if swapped >= self.needed() {
+            Ok(true)
+        } else if not_ours > self.nodes.len() - self.needed() {
+            Ok(false)
+        } else {
+            release
+        };
+        HandedOff::Failed { released }
+    }
+
+    /// Fair mode: leaves the queue (a waiter giving up), best effort; the
+    /// queue's lease would drop it anyway.
+    pub(crate) fn fair_leave(&self, key: &[u8], token: &Token) {
+        let _ = self.round(Op::FairLeave, key, token);
     }
 
     /// Releases on every node. `true` when a quorum deleted our key, `false`

@@ -103,6 +103,59 @@ fn parse_at(buf: &[u8], depth: usize) -> Result<Parse<'_>, ProtocolError> {
     Ok(Parse::Complete(reply, header))
 }
 
+/// One pub/sub push on a subscribed connection: `[kind, channel, payload]`,
+/// the shape of `message`, `subscribe` and `unsubscribe` alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Push<'a> {
+    pub(crate) kind: &'a [u8],
+    pub(crate) channel: &'a [u8],
+    pub(crate) payload: Reply<'a>,
+}
+
+/// What a subscribed connection receives: a push, or any other reply (an
+/// error refusing a subscription, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pushed<'a> {
+    Push(Push<'a>),
+    Other(Reply<'a>),
+}
+
+/// Tries to decode one push from the front of `buf`: `None` when more bytes
+/// are needed, else what it is and the bytes it used. Allocation-free, and
+/// bounded like [`parse`].
+pub(crate) fn parse_push(buf: &[u8]) -> Result<Option<(Pushed<'_>, usize)>, ProtocolError> {
+    let (reply, used) = match parse(buf)? {
+        Parse::Incomplete => return Ok(None),
+        Parse::Complete(reply, used) => (reply, used),
+    };
+    if reply != Reply::Array(3) {
+        return Ok(Some((Pushed::Other(reply), used)));
+    }
+    // The whole array is there: read its three elements after its header.
+    let mut at = buf.iter().position(|&b| b == b'\n').map_or(used, |i| i + 1);
+    let mut items = [Reply::Nil; 3];
+    for item in &mut items {
+        match parse(&buf[at..used])? {
+            Parse::Complete(reply, n) => {
+                *item = reply;
+                at += n;
+            }
+            Parse::Incomplete => return Err(ProtocolError("array shorter than announced")),
+        }
+    }
+    Ok(Some(match items {
+        [Reply::Bulk(kind), Reply::Bulk(channel), payload] => (
+            Pushed::Push(Push {
+                kind,
+                channel,
+                payload,
+            }),
+            used,
+        ),
+        _ => (Pushed::Other(Reply::Array(3)), used),
+    }))
+}
+
 /// Finds the first line of `buf`: its content and the offset just past its
 /// CRLF. A bare `\n`, or a `\r` not followed by `\n`, is a protocol error.
 fn line(buf: &[u8]) -> Result<Option<(&[u8], usize)>, ProtocolError> {
@@ -188,13 +241,34 @@ impl ReadBuf {
             Parse::Incomplete => Ok(None),
             Parse::Complete(reply, used) => {
                 let out = read(reply);
-                self.start += used;
-                if self.start == self.end {
-                    self.start = 0;
-                    self.end = 0;
-                }
+                self.consume(used);
                 Ok(Some(out))
             }
+        }
+    }
+
+    /// Decodes one push (see [`parse_push`]) if a whole one is buffered,
+    /// hands it to `read` and consumes it; `Ok(None)` when more bytes are
+    /// needed.
+    pub(crate) fn take_push<T>(
+        &mut self,
+        read: impl FnOnce(Pushed<'_>) -> T,
+    ) -> Result<Option<T>, ProtocolError> {
+        match parse_push(&self.buf[self.start..self.end])? {
+            None => Ok(None),
+            Some((pushed, used)) => {
+                let out = read(pushed);
+                self.consume(used);
+                Ok(Some(out))
+            }
+        }
+    }
+
+    fn consume(&mut self, used: usize) {
+        self.start += used;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
     }
 
@@ -249,6 +323,46 @@ pub(crate) fn put_bulk(buf: &mut BytesMut, arg: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Pushes as a subscribed connection receives them, whole and cut.
+    #[test]
+    fn pushes() {
+        let message = b"*3\r\n$7\r\nmessage\r\n$17\r\nredlease:wake:k\r\n\r\n$8\r\nab12cd34\r\n";
+        // A key may hold CRLF: the channel's length frames it.
+        let (pushed, used) = parse_push(message).expect("valid").expect("whole");
+        assert_eq!(used, message.len());
+        assert_eq!(
+            pushed,
+            Pushed::Push(Push {
+                kind: b"message",
+                channel: b"redlease:wake:k\r\n",
+                payload: Reply::Bulk(b"ab12cd34"),
+            })
+        );
+        for cut in 0..message.len() {
+            assert_eq!(parse_push(&message[..cut]), Ok(None), "cut at {cut}");
+        }
+        let confirmed = b"*3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n";
+        assert!(matches!(
+            parse_push(confirmed),
+            Ok(Some((
+                Pushed::Push(Push {
+                    kind: b"subscribe",
+                    payload: Reply::Integer(1),
+                    ..
+                }),
+                _
+            )))
+        ));
+        assert!(matches!(
+            parse_push(b"-NOPERM no\r\n"),
+            Ok(Some((Pushed::Other(Reply::Error(b"NOPERM no")), 12)))
+        ));
+        assert!(matches!(
+            parse_push(b"*3\r\n:1\r\n:2\r\n:3\r\n"),
+            Ok(Some((Pushed::Other(Reply::Array(3)), 16)))
+        ));
+    }
 
     fn complete(bytes: &[u8]) -> (Reply<'_>, usize) {
         match parse(bytes) {

@@ -37,7 +37,12 @@ pub struct RetryPolicy {
     jitter: bool,
     max_attempts: u32,
     max_wait: Option<Duration>,
+    wake: bool,
+    wake_cap: Duration,
 }
+
+/// Default [`RetryPolicy::wake_cap`].
+const WAKE_CAP: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Backoff {
@@ -46,8 +51,10 @@ enum Backoff {
 }
 
 impl Default for RetryPolicy {
-    /// Exponential from 10 ms, doubling, capped at 200 ms, with jitter, for
-    /// at most 10 seconds in total; attempts are not otherwise limited.
+    /// Waits to be woken on release (capped at 50 ms a sleep), for at most 10
+    /// seconds in total; failures are retried exponentially from 10 ms,
+    /// doubling, capped at 200 ms, with jitter; attempts are not otherwise
+    /// limited.
     fn default() -> Self {
         RetryPolicy::exponential(Duration::from_millis(10))
             .max_delay(Duration::from_millis(200))
@@ -71,6 +78,8 @@ impl RetryPolicy {
             jitter: true,
             max_attempts: u32::MAX,
             max_wait: None,
+            wake: true,
+            wake_cap: WAKE_CAP,
         }
     }
 
@@ -129,13 +138,50 @@ impl RetryPolicy {
         self
     }
 
+    /// How a thread waits while another owner holds the lock. With `true`
+    /// (the default) it sleeps until the lock is released (the servers
+    /// publish each release; a release by another thread of the same
+    /// manager wakes it directly), the holder's TTL runs out (learned in the
+    /// same round trip as the attempt that found it held), or at most
+    /// [`wake_cap`](Self::wake_cap). With `false` it polls on the backoff's
+    /// delays, as other Redlock clients do. Either way, failures (a node
+    /// down, a timeout) are retried on the backoff's delays.
+    pub fn wake_on_release(mut self, wake: bool) -> Self {
+        self.wake = wake;
+        self
+    }
+
+    /// Longest sleep while waiting to be woken, after which the waiter looks
+    /// again anyway: what a lost release message, or a holder that does not
+    /// publish (another Redlock client releasing early), can cost. At least
+    /// 1 ms. Defaults to 50 ms.
+    pub fn wake_cap(mut self, cap: Duration) -> Self {
+        self.wake_cap = cap.max(MIN_DELAY);
+        self
+    }
+
     /// The wait bound, if any.
     pub fn wait_bound(&self) -> Option<Duration> {
         self.max_wait
     }
 
-    /// The delays before the 2nd, 3rd… attempts, ending when the attempts
-    /// run out (the caller bounds the time). Allocation-free.
+    /// Most attempts in all.
+    pub(crate) fn attempts_bound(&self) -> u32 {
+        self.max_attempts
+    }
+
+    /// Whether waiters sleep until woken rather than poll.
+    pub(crate) fn wakes(&self) -> bool {
+        self.wake
+    }
+
+    /// See [`wake_cap`](Self::wake_cap).
+    pub(crate) fn cap(&self) -> Duration {
+        self.wake_cap
+    }
+
+    /// The backoff's delays, one per retry, without end (the caller bounds
+    /// attempts and time). Allocation-free.
     pub(crate) fn delays(&self) -> impl Iterator<Item = Duration> + use<> {
         let nominal = match self.backoff {
             Backoff::Fixed(delay) => Delays::Fixed(Fixed::from(delay)),
@@ -144,19 +190,17 @@ impl RetryPolicy {
             }
         };
         let (max_delay, jitter) = (self.max_delay, self.jitter);
-        nominal
-            .map(move |d| {
-                let d = d.min(max_delay);
-                let d = if jitter {
-                    // Equal jitter: half fixed, half random. `d / 2` twice
-                    // cannot overflow, and the sum saturates all the same.
-                    (d / 2).saturating_add(retry::delay::jitter(d / 2))
-                } else {
-                    d
-                };
-                d.max(MIN_DELAY)
-            })
-            .take(self.max_attempts.saturating_sub(1) as usize)
+        nominal.map(move |d| {
+            let d = d.min(max_delay);
+            let d = if jitter {
+                // Equal jitter: half fixed, half random. `d / 2` twice
+                // cannot overflow, and the sum saturates all the same.
+                (d / 2).saturating_add(retry::delay::jitter(d / 2))
+            } else {
+                d
+            };
+            d.max(MIN_DELAY)
+        })
     }
 }
 
@@ -213,9 +257,19 @@ mod tests {
 
     #[test]
     fn attempts_bound_counts_the_first_attempt() {
-        assert_eq!(RetryPolicy::no_retry().delays().count(), 0);
+        assert_eq!(RetryPolicy::no_retry().attempts_bound(), 1);
         let p = RetryPolicy::fixed(Duration::from_millis(1)).max_attempts(4);
-        assert_eq!(p.delays().count(), 3);
+        assert_eq!(p.attempts_bound(), 4);
+        assert_eq!(p.clone().max_attempts(0).attempts_bound(), 1);
+    }
+
+    #[test]
+    fn waking_is_the_default_and_the_cap_has_a_floor() {
+        let p = RetryPolicy::default();
+        assert!(p.wakes());
+        assert_eq!(p.cap(), WAKE_CAP);
+        assert!(!p.clone().wake_on_release(false).wakes());
+        assert_eq!(p.wake_cap(Duration::ZERO).cap(), MIN_DELAY);
     }
 
     #[test]

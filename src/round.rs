@@ -10,8 +10,14 @@
 //! 4. **second chance**, once, for nodes that could not answer through no
 //!    fault of theirs: a `NOSCRIPT` reply (the script goes again by
 //!    source) or a pooled connection the server had closed while it sat
-//!    idle (the request goes again on a new connection). Neither can
-//!    repeat, so there is no loop.
+//!    idle (the request goes again on a new connection, if there is time
+//!    left to connect). Neither can repeat, so there is no loop. A request
+//!    sent again may find the effect of its first sending (the server may
+//!    have applied it just before closing). Acquisitions go again as a
+//!    script that recognises our own token, and a handoff recognises the
+//!    waiter's; extend is idempotent. A release sent again cannot tell
+//!    "deleted by the first sending" from "not ours": it says not ours, and
+//!    the key is gone either way.
 //!
 //! What the operation means (granted, held, lost…) is the quorum's business;
 //! a round only records which nodes said yes, no, or failed, and can clean
@@ -51,6 +57,9 @@ enum Redo {
 pub(crate) struct Tally {
     pub(crate) yes: Mask,
     pub(crate) no: Mask,
+    /// The shortest time a node that said no still holds the key for
+    /// another owner, when nodes said (waiters' attempts ask).
+    pub(crate) held_ms: Option<u64>,
     /// Nodes whose request was written whole: it may have been applied,
     /// whatever (if anything) came back.
     pub(crate) sent: Mask,
@@ -67,6 +76,7 @@ impl Tally {
         Tally {
             yes: 0,
             no: 0,
+            held_ms: None,
             sent: 0,
             first_failure: None,
             start: now,
@@ -127,6 +137,11 @@ pub(crate) struct Round<'q> {
     io_timeout: Duration,
     slots: Slots<'q>,
     tally: Tally,
+    /// Nodes whose request went again on a new connection.
+    resent: Mask,
+    /// Nodes whose request may have been applied but whose connection is
+    /// gone: a clean-up must open another.
+    orphans: Mask,
 }
 
 impl<'q> Round<'q> {
@@ -150,6 +165,8 @@ impl<'q> Round<'q> {
             io_timeout,
             slots,
             tally: Tally::new(Instant::now()),
+            resent: 0,
+            orphans: 0,
         };
         round.tally.first_failure = first_failure;
         let deadline = time::deadline(round.tally.start, io_timeout);
@@ -193,15 +210,21 @@ impl<'q> Round<'q> {
     /// `had_time` to be answered. Nodes that could not answer through no
     /// fault of theirs go into `redos`.
     fn gather(&mut self, pending: Mask, deadline: Instant, had_time: bool, redos: &mut Redos) {
-        let op = self.op;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             if pending & (1 << i) == 0 {
                 continue;
             }
             let Some(conn) = slot else { continue };
+            let resent = self.resent & (1 << i) != 0;
+            let op = if resent { self.op.resent() } else { self.op };
             match conn.recv(deadline, had_time, |reply| op.interpret(reply)) {
                 Ok(Vote::Yes) => self.tally.yes |= 1 << i,
-                Ok(Vote::No) => self.tally.no |= 1 << i,
+                Ok(Vote::No { held_ms }) => {
+                    self.tally.no |= 1 << i;
+                    if let Some(ms) = held_ms {
+                        self.tally.held_ms = Some(self.tally.held_ms.map_or(ms, |m| m.min(ms)));
+                    }
+                }
                 Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
                     redos.push((i, Redo::Source));
                 }
@@ -232,18 +255,30 @@ impl<'q> Round<'q> {
                 }
                 Redo::Reconnect => {
                     // Give back the dead connection before asking for a new
-                    // one, and connect within what is left of the deadline.
+                    // one, and connect within what is left of the deadline
+                    // (no time left is a timeout, not the node's fault).
                     self.slots[i] = None;
+                    self.orphans |= 1 << i;
                     let budget = deadline.saturating_duration_since(Instant::now());
-                    self.nodes[i]
-                        .checkout(Take::Fresh { budget })
-                        .and_then(|mut conn| {
-                            self.op
-                                .encode(conn.request(), self.key, self.token, Form::Sha);
-                            conn.send()?;
-                            self.slots[i] = Some(conn);
-                            Ok(())
-                        })
+                    if budget < Duration::from_millis(1) {
+                        Err(Failure::Timeout)
+                    } else {
+                        self.nodes[i]
+                            .checkout(Take::Fresh { budget })
+                            .and_then(|mut conn| {
+                                self.op.resent().encode(
+                                    conn.request(),
+                                    self.key,
+                                    self.token,
+                                    Form::Sha,
+                                );
+                                conn.send()?;
+                                self.slots[i] = Some(conn);
+                                self.orphans &= !(1 << i);
+                                self.resent |= 1 << i;
+                                Ok(())
+                            })
+                    }
                 }
             };
             match sent {
@@ -269,14 +304,28 @@ impl<'q> Round<'q> {
     /// request even when the request's reply never came: a connection that
     /// timed out still carries it, then is closed without waiting for a
     /// reply. Returns the round's tally (not the clean-up's).
-    pub(crate) fn clean_up(mut self, skip: Mask) -> Tally {
+    pub(crate) fn clean_up(self, skip: Mask) -> Tally {
+        let token = self.token;
+        self.clean_up_token(skip, token)
+    }
+
+    /// [`clean_up`](Self::clean_up), releasing `token` rather than the
+    /// round's own (after a handoff, the token it may have written).
+    pub(crate) fn clean_up_token(mut self, skip: Mask, token: &Token) -> Tally {
+        // A node whose request may have landed without a connection left to
+        // it gets one for the clean-up, if its pool gives one at once.
+        for i in 0..self.nodes.len() {
+            if self.orphans & !skip & (1 << i) != 0 {
+                self.slots[i] = self.nodes[i].checkout(Take::Pooled).ok();
+            }
+        }
         let mut pending = 0;
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(conn) = slot.as_mut().filter(|_| skip & (1 << i) == 0) else {
                 continue;
             };
             // By source, so that no NOSCRIPT round is needed.
-            Op::Release.encode(conn.request(), self.key, self.token, Form::Source);
+            Op::Release.encode(conn.request(), self.key, token, Form::Source);
             if conn.send().is_ok() {
                 if conn.is_broken() {
                     conn.discard_arrived();

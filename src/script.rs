@@ -1,67 +1,178 @@
-//! The three lock operations as Redis commands: acquire is `SET NX PX`,
-//! release and extend are Lua scripts called by SHA (`EVALSHA`), with `EVAL`
-//! as the fallback when a server answers `NOSCRIPT` (restarted without
-//! persistence, `SCRIPT FLUSH`, failover). `EVAL` also puts the script back in
-//! the server's cache, so the next `EVALSHA` works again.
+//! The lock operations as Redis commands. Acquire is `SET NX PX`, exactly as
+//! every Redlock client does it, so mixed fleets exclude each other; the
+//! rest are Lua scripts called by SHA (`EVALSHA`), with `EVAL` as the
+//! fallback when a server answers `NOSCRIPT` (restarted without persistence,
+//! `SCRIPT FLUSH`, failover). `EVAL` also puts the script back in the
+//! server's cache, so the next `EVALSHA` works again.
 //!
 //! Script text is constant: keys and tokens travel as `KEYS`/`ARGV`, never
-//! spliced into Lua.
+//! spliced into Lua. Values stay what other clients expect (our token, with
+//! a TTL); what waiting adds lives beside the lock key, never in its value:
+//! a message on the channel `redlease:wake:<key>` when a lock is released,
+//! and, in fair mode only, a queue under `<key>:redlease:…`.
 
 use std::sync::LazyLock;
 
-use bytes::BytesMut;
+use bytes::{BufMut, BytesMut};
 
 use crate::error::Failure;
 use crate::resp::{self, Reply};
 use crate::token::Token;
 
-/// Compare-and-delete: deletes the key only if it still holds our token.
-pub(crate) const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("del", KEYS[1]) else return 0 end"#;
+/// Compare-and-delete: deletes the key only if it still holds our token,
+/// then tells waiters (a message on the key's wake channel carrying the
+/// token's first 8 digits, so that the releasing process can tell its own
+/// releases apart). `pcall`: a user not allowed to publish still releases.
+pub(crate) const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then redis.call("del", KEYS[1]) redis.pcall("publish", "redlease:wake:" .. KEYS[1], string.sub(ARGV[1], 1, 8)) return 1 else return 0 end"#;
 
 /// Compare-and-pexpire: renews the key only if it still holds our token.
+/// Never re-creates a missing key.
 pub(crate) const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+
+/// Direct handoff to a waiting thread of the same manager: the key goes
+/// from our token (`ARGV[1]`) to the waiter's (`ARGV[2]`, for `ARGV[3]` ms)
+/// in one step, only if it still holds ours; it is never free in between,
+/// so no one else can slip in, and no one is told (nothing was released).
+/// Idempotent: finding the waiter's token, it says the handoff is done.
+pub(crate) const HANDOFF: &str = r#"local v = redis.call("get", KEYS[1]) if v == ARGV[1] then redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 elseif v == ARGV[2] then return 1 else return 0 end"#;
+
+/// An acquisition attempt by a waiter: `SET NX PX`, or when the key is held,
+/// how long it stays held (`PTTL`), in the same round trip. Finding our own
+/// token it says granted: the attempt is also how an acquisition is sent
+/// again after a connection died (the first sending may have landed).
+pub(crate) const ACQUIRE_OR_PTTL: &str = r#"local ok = redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) if ok then return ok end if redis.call("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end return redis.call("pttl", KEYS[1])"#;
+
+/// Fair mode (one node): first come, first served. KEYS: the lock, the queue
+/// (token → ticket), the leases (token → deadline, server time in ms), the
+/// ticket counter. ARGV: token, ttl ms, lease ms, enqueue (1 or 0).
+///
+/// Waiters whose lease ran out (dead, or gone without a word) are dropped
+/// first; then the lock goes to the head of the queue, or to anyone when the
+/// queue is empty. A waiter that did not get it joins the queue (once) and
+/// renews its lease; the queue's keys expire by themselves when no one
+/// renews them. Replies `+OK` when granted (or already ours: a waiter keeps
+/// one token), else the lock's PTTL, or -3 when it is free but the head's
+/// turn.
+pub(crate) const FAIR_ACQUIRE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end
+local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+for _, w in ipairs(redis.call("zrangebyscore", KEYS[3], "-inf", now)) do
+  redis.call("zrem", KEYS[2], w)
+  redis.call("zrem", KEYS[3], w)
+end
+local head = redis.call("zrange", KEYS[2], 0, 0)[1]
+if (head == nil or head == ARGV[1]) and redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+  redis.call("zrem", KEYS[2], ARGV[1])
+  redis.call("zrem", KEYS[3], ARGV[1])
+  return redis.status_reply("OK")
+end
+if ARGV[4] == "1" then
+  if not redis.call("zscore", KEYS[2], ARGV[1]) then
+    redis.call("zadd", KEYS[2], redis.call("incr", KEYS[4]), ARGV[1])
+  end
+  redis.call("zadd", KEYS[3], now + tonumber(ARGV[3]), ARGV[1])
+  for i = 2, 4 do redis.call("pexpire", KEYS[i], 4 * tonumber(ARGV[3]) + tonumber(ARGV[2])) end
+end
+local pttl = redis.call("pttl", KEYS[1])
+if pttl == -2 then return -3 end
+return pttl"#;
+
+/// Fair mode: a waiter that gives up leaves the queue at once (the lease
+/// would drop it anyway, later). Same KEYS and ARGV as [`FAIR_ACQUIRE`].
+pub(crate) const FAIR_LEAVE: &str =
+    r#"redis.call("zrem", KEYS[2], ARGV[1]) redis.call("zrem", KEYS[3], ARGV[1]) return 1"#;
+
+/// The suffixes of the fair queue's keys, after the lock's key.
+pub(crate) const FAIR_SUFFIXES: [&[u8]; 3] = [
+    b":redlease:queue",
+    b":redlease:leases",
+    b":redlease:tickets",
+];
+
+/// The prefix of a key's wake channel (the key follows).
+pub(crate) const WAKE_PREFIX: &[u8] = b"redlease:wake:";
+
+/// How long a fair-mode waiter stays in the queue without renewing.
+pub(crate) const FAIR_LEASE_MS: u64 = 250;
 
 /// Length of a hex SHA1.
 const SHA_LEN: usize = 40;
 
-/// The SHA1 of each script, computed once per process by the `redis` crate,
-/// and the constant front of each script call, encoded once.
-pub(crate) struct Shas {
-    pub(crate) release: [u8; SHA_LEN],
-    pub(crate) extend: [u8; SHA_LEN],
-    /// `EVALSHA <sha> 1` and `EVAL <source> 1`, as RESP, for release
-    /// (5 arguments in all) and extend (6).
-    release_by_sha: Vec<u8>,
-    release_by_source: Vec<u8>,
-    extend_by_sha: Vec<u8>,
-    extend_by_source: Vec<u8>,
+/// One Lua script: its source, its SHA1 (computed once per process by the
+/// `redis` crate), and the constant front of its calls, encoded once.
+pub(crate) struct Script {
+    pub(crate) source: &'static str,
+    pub(crate) sha: [u8; SHA_LEN],
+    /// `EVALSHA <sha> <numkeys>` and `EVAL <source> <numkeys>`, as RESP,
+    /// behind the array header for `argc` arguments in all.
+    by_sha: Vec<u8>,
+    by_source: Vec<u8>,
 }
 
-pub(crate) static SHAS: LazyLock<Shas> = LazyLock::new(|| {
-    let (release, extend) = (sha_of(RELEASE), sha_of(EXTEND));
-    let head = |argc: usize, verb: &[u8], script: &[u8]| {
-        let mut buf = BytesMut::new();
-        buf.extend_from_slice(format!("*{argc}\r\n").as_bytes());
-        resp::put_bulk(&mut buf, verb);
-        resp::put_bulk(&mut buf, script);
-        resp::put_bulk(&mut buf, b"1");
-        buf.to_vec()
-    };
-    Shas {
-        release_by_sha: head(5, b"EVALSHA", &release),
-        release_by_source: head(5, b"EVAL", RELEASE.as_bytes()),
-        extend_by_sha: head(6, b"EVALSHA", &extend),
-        extend_by_source: head(6, b"EVAL", EXTEND.as_bytes()),
-        release,
-        extend,
+impl Script {
+    fn new(source: &'static str, keys: usize, argc: usize) -> Script {
+        let mut sha = [0u8; SHA_LEN];
+        sha.copy_from_slice(redis::Script::new(source).get_hash().as_bytes());
+        let head = |verb: &[u8], script: &[u8]| {
+            let mut buf = BytesMut::new();
+            buf.extend_from_slice(format!("*{argc}\r\n").as_bytes());
+            resp::put_bulk(&mut buf, verb);
+            resp::put_bulk(&mut buf, script);
+            resp::put_bulk(&mut buf, keys.to_string().as_bytes());
+            buf.to_vec()
+        };
+        Script {
+            by_sha: head(b"EVALSHA", &sha),
+            by_source: head(b"EVAL", source.as_bytes()),
+            source,
+            sha,
+        }
     }
-});
 
-fn sha_of(src: &str) -> [u8; SHA_LEN] {
-    let mut sha = [0u8; SHA_LEN];
-    sha.copy_from_slice(redis::Script::new(src).get_hash().as_bytes());
-    sha
+    fn head(&self, form: Form) -> &[u8] {
+        match form {
+            Form::Sha => &self.by_sha,
+            Form::Source => &self.by_source,
+        }
+    }
 }
+
+/// Every script, loaded on each connection by `SCRIPT LOAD`.
+pub(crate) struct Scripts {
+    pub(crate) release: Script,
+    pub(crate) extend: Script,
+    pub(crate) acquire_or_pttl: Script,
+    pub(crate) handoff: Script,
+    pub(crate) fair_acquire: Script,
+    pub(crate) fair_leave: Script,
+}
+
+impl Scripts {
+    pub(crate) fn all(&self) -> [&Script; 6] {
+        [
+            &self.release,
+            &self.extend,
+            &self.acquire_or_pttl,
+            &self.handoff,
+            &self.fair_acquire,
+            &self.fair_leave,
+        ]
+    }
+}
+
+pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
+    // EVALSHA sha 1 key token
+    release: Script::new(RELEASE, 1, 5),
+    // EVALSHA sha 1 key token ttl
+    extend: Script::new(EXTEND, 1, 6),
+    acquire_or_pttl: Script::new(ACQUIRE_OR_PTTL, 1, 6),
+    // EVALSHA sha 1 key token new-token ttl
+    handoff: Script::new(HANDOFF, 1, 7),
+    // EVALSHA sha 4 key queue leases tickets token ttl lease enqueue
+    fair_acquire: Script::new(FAIR_ACQUIRE, 4, 11),
+    // EVALSHA sha 4 key queue leases tickets token
+    fair_leave: Script::new(FAIR_LEAVE, 4, 8),
+});
 
 /// `SET` with its 6 arguments' count, as RESP.
 const SET_HEAD: &[u8] = b"*6\r\n$3\r\nSET\r\n";
@@ -72,17 +183,17 @@ const NX_PX: &[u8] = b"$2\r\nNX\r\n$2\r\nPX\r\n";
 const _: () = assert!(crate::token::TOKEN_LEN == 32);
 
 /// A small stack buffer for assembling the fixed-size parts of a command.
-/// 96 bytes hold the longest tail: CRLF, a 32-byte token, `NX PX` and a
-/// 20-digit TTL with their framing (85 bytes).
+/// 128 bytes hold the longest tail: CRLF, two 32-byte tokens and a 20-digit
+/// TTL with their framing (113 bytes).
 struct Stack {
-    bytes: [u8; 96],
+    bytes: [u8; 128],
     len: usize,
 }
 
 impl Stack {
     fn new() -> Stack {
         Stack {
-            bytes: [0; 96],
+            bytes: [0; 128],
             len: 0,
         }
     }
@@ -102,6 +213,14 @@ impl Stack {
 pub(crate) enum Op {
     /// `SET key token NX PX ttl`
     Acquire { ttl_ms: u64 },
+    /// A waiter's attempt: `SET NX PX`, or the holder's PTTL.
+    AcquireOrPttl { ttl_ms: u64 },
+    /// Direct handoff: our key to the waiter's token `to`, for `ttl_ms`.
+    Handoff { ttl_ms: u64, to: Token },
+    /// Fair mode's attempt; `enqueue`: join the queue if not granted.
+    FairAcquire { ttl_ms: u64, enqueue: bool },
+    /// Fair mode: leave the queue.
+    FairLeave,
     /// The release script.
     Release,
     /// The extend script with a new TTL.
@@ -123,26 +242,44 @@ pub(crate) enum Form {
 pub(crate) enum Vote {
     /// Granted, released or extended.
     Yes,
-    /// Not: the key is held by another token, or is gone.
-    No,
+    /// Not: the key is held by another token, or is gone. `held_ms`, when
+    /// the node said, is how long the holder's key still lives there.
+    No { held_ms: Option<u64> },
+}
+
+impl Vote {
+    const NO: Vote = Vote::No { held_ms: None };
 }
 
 impl Op {
+    /// The operation to send again after a connection died before its
+    /// reply: one that recognises its own first effect where it can
+    /// (`SET NX` would answer "held" to our own key).
+    pub(crate) fn resent(self) -> Op {
+        match self {
+            Op::Acquire { ttl_ms } => Op::AcquireOrPttl { ttl_ms },
+            other => other,
+        }
+    }
+
     /// Appends the command to `buf`, scripts in the given form (`SET` has
     /// only one).
     ///
     /// This is the hot path's encoder: the constant front of each command is
-    /// encoded once (see [`Shas`]), so a call copies the key, the token and
+    /// encoded once (see [`Script`]), so a call copies the key, the token and
     /// the TTL and formats two numbers. The same bytes as `resp::encode` of
     /// the whole argument list (checked by the tests and the fuzz target).
     pub(crate) fn encode(self, buf: &mut BytesMut, key: &[u8], token: &Token, form: Form) {
-        let shas = &*SHAS;
-        let head: &[u8] = match (self, form) {
-            (Op::Acquire { .. }, _) => SET_HEAD,
-            (Op::Release, Form::Sha) => &shas.release_by_sha,
-            (Op::Release, Form::Source) => &shas.release_by_source,
-            (Op::Extend { .. }, Form::Sha) => &shas.extend_by_sha,
-            (Op::Extend { .. }, Form::Source) => &shas.extend_by_source,
+        let scripts = &*SCRIPTS;
+        let (head, ttl_ms): (&[u8], Option<u64>) = match self {
+            Op::Acquire { ttl_ms } => (SET_HEAD, Some(ttl_ms)),
+            Op::AcquireOrPttl { ttl_ms } => (scripts.acquire_or_pttl.head(form), Some(ttl_ms)),
+            Op::Handoff { ttl_ms, .. } => (scripts.handoff.head(form), Some(ttl_ms)),
+            Op::Release => (scripts.release.head(form), None),
+            Op::Extend { ttl_ms } => (scripts.extend.head(form), Some(ttl_ms)),
+            Op::FairAcquire { .. } | Op::FairLeave => {
+                return self.encode_fair(buf, key, token, form);
+            }
         };
         // Four copies in all: the constant head, the key's length line, the
         // key, and everything after the key assembled on the stack.
@@ -157,7 +294,12 @@ impl Op {
         if let Op::Acquire { .. } = self {
             tail.put(NX_PX);
         }
-        if let Op::Acquire { ttl_ms } | Op::Extend { ttl_ms } = self {
+        if let Op::Handoff { to, .. } = self {
+            tail.put(b"$32\r\n");
+            tail.put(to.as_bytes());
+            tail.put(b"\r\n");
+        }
+        if let Some(ttl_ms) = ttl_ms {
             let mut num = itoa::Buffer::new();
             let ttl = num.format(ttl_ms).as_bytes();
             tail.put(b"$");
@@ -173,24 +315,76 @@ impl Op {
         buf.extend_from_slice(tail.bytes());
     }
 
+    /// The fair-mode scripts: four keys derived from the lock's.
+    fn encode_fair(self, buf: &mut BytesMut, key: &[u8], token: &Token, form: Form) {
+        let scripts = &*SCRIPTS;
+        let script = match self {
+            Op::FairAcquire { .. } => &scripts.fair_acquire,
+            _ => &scripts.fair_leave,
+        };
+        buf.extend_from_slice(script.head(form));
+        resp::put_bulk(buf, key);
+        for suffix in FAIR_SUFFIXES {
+            put_bulk_parts(buf, key, suffix);
+        }
+        resp::put_bulk(buf, token.as_bytes());
+        if let Op::FairAcquire { ttl_ms, enqueue } = self {
+            resp::put_bulk(buf, itoa::Buffer::new().format(ttl_ms).as_bytes());
+            resp::put_bulk(buf, itoa::Buffer::new().format(FAIR_LEASE_MS).as_bytes());
+            resp::put_bulk(buf, if enqueue { b"1" } else { b"0" });
+        }
+    }
+
     /// Reads a node's reply as a vote, or as the reason it is not one.
     pub(crate) fn interpret(self, reply: Reply<'_>) -> Result<Vote, Failure> {
         match (self, reply) {
             (_, Reply::Error(text)) => Err(Failure::from_server(text)),
             (Op::Acquire { .. }, Reply::Simple(b"OK")) => Ok(Vote::Yes),
-            (Op::Acquire { .. }, Reply::Nil) => Ok(Vote::No),
+            (Op::Acquire { .. }, Reply::Nil) => Ok(Vote::NO),
             (Op::Acquire { .. }, _) => Err(Failure::Protocol("unexpected reply to SET NX PX")),
+            (Op::AcquireOrPttl { .. } | Op::FairAcquire { .. }, Reply::Simple(b"OK")) => {
+                Ok(Vote::Yes)
+            }
+            (Op::AcquireOrPttl { .. } | Op::FairAcquire { .. }, Reply::Integer(pttl)) => {
+                Ok(Vote::No {
+                    held_ms: match pttl {
+                        // Held: for this long.
+                        0.. => Some(pttl.unsigned_abs()),
+                        // Gone by now.
+                        -2 => Some(0),
+                        // Held without a TTL, or free for the head of the
+                        // queue: no telling when; wait to be woken.
+                        _ => None,
+                    },
+                })
+            }
+            (Op::FairLeave, Reply::Integer(_)) => Ok(Vote::Yes),
             (_, Reply::Integer(1)) => Ok(Vote::Yes),
-            (_, Reply::Integer(0)) => Ok(Vote::No),
+            (_, Reply::Integer(0)) => Ok(Vote::NO),
             (_, _) => Err(Failure::Protocol("unexpected reply to the lock script")),
         }
     }
 }
 
-/// Appends `SCRIPT LOAD` for both scripts (sent when a connection is made).
+/// Appends one bulk string made of two parts.
+fn put_bulk_parts(buf: &mut BytesMut, first: &[u8], second: &[u8]) {
+    buf.put_u8(b'$');
+    buf.put_slice(
+        itoa::Buffer::new()
+            .format(first.len() + second.len())
+            .as_bytes(),
+    );
+    buf.put_slice(b"\r\n");
+    buf.put_slice(first);
+    buf.put_slice(second);
+    buf.put_slice(b"\r\n");
+}
+
+/// Appends `SCRIPT LOAD` for every script (sent when a connection is made).
 pub(crate) fn encode_load(buf: &mut BytesMut) {
-    resp::encode(buf, &[b"SCRIPT", b"LOAD", RELEASE.as_bytes()]);
-    resp::encode(buf, &[b"SCRIPT", b"LOAD", EXTEND.as_bytes()]);
+    for script in SCRIPTS.all() {
+        resp::encode(buf, &[b"SCRIPT", b"LOAD", script.source.as_bytes()]);
+    }
 }
 
 /// Checks a `SCRIPT LOAD` reply: the server must report the SHA we will use.
@@ -211,13 +405,14 @@ mod tests {
     /// by the integration tests too; here against redis-rs's own hashing).
     #[test]
     fn shas_are_lowercase_hex_sha1() {
-        for sha in [SHAS.release, SHAS.extend] {
+        for sha in SCRIPTS.all().map(|s| s.sha) {
             assert!(
                 sha.iter()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
             );
         }
-        assert_ne!(SHAS.release, SHAS.extend);
+        let shas: std::collections::HashSet<_> = SCRIPTS.all().map(|s| s.sha).into_iter().collect();
+        assert_eq!(shas.len(), SCRIPTS.all().len());
     }
 
     /// SET NX PX is sent with the token and the TTL in milliseconds.
@@ -239,7 +434,7 @@ mod tests {
         let mut buf = BytesMut::new();
         Op::Release.encode(&mut buf, b"k", &token, Form::Sha);
         assert!(buf.starts_with(b"*5\r\n$7\r\nEVALSHA\r\n$40\r\n"));
-        assert!(buf.windows(40).any(|w| w == SHAS.release));
+        assert!(buf.windows(40).any(|w| w == SCRIPTS.release.sha));
         buf.clear();
         Op::Extend { ttl_ms: 7 }.encode(&mut buf, b"k", &token, Form::Source);
         assert!(buf.starts_with(b"*6\r\n$4\r\nEVAL\r\n"));
@@ -250,6 +445,7 @@ mod tests {
     #[test]
     fn fast_encoding_matches_the_generic_encoder() {
         let token = Token::random().expect("rng");
+        let other = Token::random().expect("rng");
         let keys: [&[u8]; 4] = [b"k", b"", &[b'x'; 300], b"a\r\n\0\xff"];
         for key in keys {
             for form in [Form::Sha, Form::Source] {
@@ -257,31 +453,125 @@ mod tests {
                 for ttl_ms in [1, 10_000, u64::MAX] {
                     let t = token.as_bytes();
                     let n = itoa::Buffer::new().format(ttl_ms).to_owned();
-                    let (rs, es): (&[u8], &[u8]) = if full {
-                        (RELEASE.as_bytes(), EXTEND.as_bytes())
-                    } else {
-                        (&SHAS.release, &SHAS.extend)
+                    let pick = |script: &'static Script| -> &'static [u8] {
+                        if full {
+                            script.source.as_bytes()
+                        } else {
+                            &script.sha
+                        }
                     };
+                    let scripts = &*SCRIPTS;
                     let verb: &[u8] = if full { b"EVAL" } else { b"EVALSHA" };
-                    let cases: [(Op, Vec<&[u8]>); 3] = [
+                    let fair_keys: Vec<Vec<u8>> =
+                        FAIR_SUFFIXES.iter().map(|s| [key, s].concat()).collect();
+                    let lease = FAIR_LEASE_MS.to_string();
+                    let fair = |script, extra: &[&'static [u8]]| -> Vec<Vec<u8>> {
+                        let mut args: Vec<Vec<u8>> = vec![
+                            verb.to_vec(),
+                            pick(script).to_vec(),
+                            b"4".to_vec(),
+                            key.to_vec(),
+                        ];
+                        args.extend(fair_keys.iter().cloned());
+                        args.push(t.to_vec());
+                        args.extend(extra.iter().map(|a| a.to_vec()));
+                        args
+                    };
+                    let mut fair_acquire = fair(&scripts.fair_acquire, &[]);
+                    fair_acquire.extend([
+                        n.as_bytes().to_vec(),
+                        lease.clone().into_bytes(),
+                        b"1".to_vec(),
+                    ]);
+                    let cases: Vec<(Op, Vec<Vec<u8>>)> = vec![
                         (
                             Op::Acquire { ttl_ms },
-                            vec![b"SET", key, t, b"NX", b"PX", n.as_bytes()],
+                            [b"SET", key, t, b"NX", b"PX", n.as_bytes()]
+                                .map(<[u8]>::to_vec)
+                                .to_vec(),
                         ),
-                        (Op::Release, vec![verb, rs, b"1", key, t]),
+                        (
+                            Op::AcquireOrPttl { ttl_ms },
+                            [
+                                verb,
+                                pick(&scripts.acquire_or_pttl),
+                                b"1",
+                                key,
+                                t,
+                                n.as_bytes(),
+                            ]
+                            .map(<[u8]>::to_vec)
+                            .to_vec(),
+                        ),
+                        (
+                            Op::Release,
+                            [verb, pick(&scripts.release), b"1", key, t]
+                                .map(<[u8]>::to_vec)
+                                .to_vec(),
+                        ),
+                        (
+                            Op::Handoff { ttl_ms, to: other },
+                            [
+                                verb,
+                                pick(&scripts.handoff),
+                                b"1",
+                                key,
+                                t,
+                                other.as_bytes(),
+                                n.as_bytes(),
+                            ]
+                            .map(<[u8]>::to_vec)
+                            .to_vec(),
+                        ),
                         (
                             Op::Extend { ttl_ms },
-                            vec![verb, es, b"1", key, t, n.as_bytes()],
+                            [verb, pick(&scripts.extend), b"1", key, t, n.as_bytes()]
+                                .map(<[u8]>::to_vec)
+                                .to_vec(),
                         ),
+                        (
+                            Op::FairAcquire {
+                                ttl_ms,
+                                enqueue: true,
+                            },
+                            fair_acquire,
+                        ),
+                        (Op::FairLeave, fair(&scripts.fair_leave, &[])),
                     ];
                     for (op, args) in cases {
                         let (mut fast, mut generic) = (BytesMut::new(), BytesMut::new());
                         op.encode(&mut fast, key, &token, form);
+                        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
                         resp::encode(&mut generic, &args);
                         assert_eq!(fast, generic, "{op:?}, {form:?}");
                     }
                 }
             }
+        }
+    }
+
+    /// A waiter's attempts report how long the holder keeps the key.
+    #[test]
+    fn waiting_votes_carry_the_holders_pttl() {
+        for op in [
+            Op::AcquireOrPttl { ttl_ms: 1 },
+            Op::FairAcquire {
+                ttl_ms: 1,
+                enqueue: true,
+            },
+        ] {
+            assert_eq!(op.interpret(Reply::Simple(b"OK")).ok(), Some(Vote::Yes));
+            let held = |pttl| op.interpret(Reply::Integer(pttl)).ok();
+            assert_eq!(
+                held(1500),
+                Some(Vote::No {
+                    held_ms: Some(1500)
+                })
+            );
+            assert_eq!(held(-2), Some(Vote::No { held_ms: Some(0) }));
+            assert_eq!(held(-1), Some(Vote::NO));
+            assert_eq!(held(-3), Some(Vote::NO));
+            assert!(op.interpret(Reply::Nil).is_err());
         }
     }
 
@@ -292,7 +582,7 @@ mod tests {
             acquire.interpret(Reply::Simple(b"OK")).ok(),
             Some(Vote::Yes)
         );
-        assert_eq!(acquire.interpret(Reply::Nil).ok(), Some(Vote::No));
+        assert_eq!(acquire.interpret(Reply::Nil).ok(), Some(Vote::NO));
         assert!(matches!(
             acquire.interpret(Reply::Integer(1)),
             Err(Failure::Protocol(_))
@@ -303,7 +593,7 @@ mod tests {
         );
         assert_eq!(
             Op::Release.interpret(Reply::Integer(0)).ok(),
-            Some(Vote::No)
+            Some(Vote::NO)
         );
         // `+OK` to EVALSHA is a protocol error, not a vote.
         assert!(matches!(

@@ -320,6 +320,8 @@ fn edge_values_never_panic() {
                     exercise(&locks, &what);
                 }
                 Err(Error::InvalidArgument(msg)) => assert!(msg.contains(name), "{what}: {msg}"),
+                // A millisecond is a legal timeout, and may well pass.
+                Err(Error::Timeout { .. }) if d == Duration::from_millis(1) => {}
                 Err(e) => panic!("{what}: expected a manager or InvalidArgument, got {e:?}"),
             }
         }

@@ -464,3 +464,43 @@ fn client_pause_write() {
         .expect("after the pause");
     assert!(lock.release().expect("release"));
 }
+
+/// The server applies a request, then the connection dies before the reply
+/// reaches us (a kill or a reset at the worst moment), on a pooled
+/// connection that looks merely stale. The request goes again on a new
+/// connection and finds its own first effect: that must not be taken for
+/// another owner's lock (which would leave our key behind, locking us out
+/// for the TTL); a release sent again cannot tell, but leaves nothing.
+#[test]
+fn cut_after_the_server_acted() {
+    for n in [1, 3] {
+        let cluster = Cluster::new(n);
+        let locks = cluster.manager(Duration::from_millis(200));
+        let majority = &cluster.proxies[..n / 2 + 1];
+        for proxy in majority {
+            proxy.set(Mode::CutOnNextReply);
+        }
+        match locks.try_lock("k", Duration::from_secs(30)) {
+            Ok(None) => panic!("n = {n}: our own first SET was taken for another owner's"),
+            Ok(Some(lock)) => drop(lock),
+            Err(_) => {}
+        }
+        cluster.absent_everywhere(b"k");
+
+        let lock = locks
+            .try_lock("r", Duration::from_secs(30))
+            .expect("try_lock")
+            .expect("free");
+        for proxy in majority {
+            proxy.set(Mode::CutOnNextReply);
+        }
+        let _ = lock.release();
+        cluster.absent_everywhere(b"r");
+        // And the next lock goes through at once: nothing of ours was left.
+        let lock = locks
+            .try_lock("k", Duration::from_secs(30))
+            .expect("try_lock")
+            .expect("free: no leftover of ours");
+        assert!(lock.release().expect("release"));
+    }
+}

@@ -109,13 +109,20 @@ impl Nodes {
         );
     }
 
-    /// The rival must not get in while `remaining()` says we hold the lock.
+    /// The rival must not get in while `remaining()` says we hold the lock:
+    /// if it does, its grant came after our validity ended.
     fn rival_stays_out(&self, lock: &Lock, key: &[u8], context: &str) {
-        let remaining = lock.remaining();
-        if let Ok(Some(theirs)) = self.rival.try_lock(key, Duration::from_secs(5)) {
+        let ours_until = Instant::now() + lock.remaining();
+        let theirs = self
+            .rival
+            .try_lock(key, Duration::from_secs(5))
+            .unwrap_or_else(|e| panic!("{context}: the rival failed: {e}"));
+        if let Some(theirs) = theirs {
+            let granted_by = Instant::now();
             assert!(
-                remaining <= Duration::from_millis(2),
-                "{context}: a rival got the lock while ours reported {remaining:?} remaining"
+                ours_until <= granted_by + Duration::from_millis(1),
+                "{context}: a rival got the lock {:?} before ours ran out",
+                ours_until - granted_by
             );
             assert!(theirs.release().expect("rival release"));
         }
@@ -200,7 +207,7 @@ fn longer_extend_keeps_or_grows_validity() {
     let nodes = Nodes::new(3, Duration::from_millis(50));
     let mut lock = nodes
         .locks
-        .try_lock("k", Duration::from_millis(800))
+        .try_lock("k", Duration::from_secs(3))
         .expect("try_lock")
         .expect("free");
     let token = nodes.token_of(&lock, b"k");
@@ -212,7 +219,7 @@ fn longer_extend_keeps_or_grows_validity() {
         Err(Error::NoQuorum { .. })
     ));
     assert!(lock.remaining() <= before);
-    assert!(lock.remaining() > Duration::from_millis(500));
+    assert!(lock.remaining() > Duration::from_secs(2));
     nodes.check(&lock, b"k", &token, "longer extend, no quorum");
 
     // Node 1 answers again once its reconnect backoff (private, well under
@@ -310,8 +317,12 @@ fn remaining_never_exceeds_what_a_majority_holds() {
             }
             if let Some(lock) = granted {
                 grants += 1;
-                let token = nodes.token_of(&lock, key);
-                held = Some((lock, token));
+                // A grant with almost no validity left may be gone from the
+                // servers before its token can be read: let it go.
+                if lock.remaining() > Duration::from_millis(30) {
+                    let token = nodes.token_of(&lock, key);
+                    held = Some((lock, token));
+                }
             }
             // Let whatever the proxies still carry land before looking.
             thread::sleep(longest_delay + Duration::from_millis(5));

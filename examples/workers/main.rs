@@ -64,7 +64,7 @@ struct Options {
     #[arg(long)]
     count: Option<u64>,
     /// How a worker waits for a held lock.
-    #[arg(long, value_enum, default_value_t = Retry::Exponential)]
+    #[arg(long, value_enum, default_value_t = Retry::Wake)]
     retry: Retry,
     /// First (or only) delay between attempts, for --retry fixed/exponential.
     #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
@@ -85,20 +85,25 @@ struct Options {
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum Retry {
+    /// `lock`, woken when the lock is released (the library's default).
+    Wake,
+    /// `lock`, polling with a doubling, jittered delay capped at 50 ms: what
+    /// other Redlock clients do.
+    #[value(alias = "exponential")]
+    Poll,
+    /// `lock`, polling with a fixed, jittered delay.
+    Fixed,
     /// One attempt (`try_lock`); a held lock counts as gave-up.
     None,
-    /// `lock` with a fixed, jittered delay.
-    Fixed,
-    /// `lock` with a doubling, jittered delay, capped at 50 ms.
-    Exponential,
 }
 
 impl Retry {
     fn name(self) -> &'static str {
         match self {
-            Retry::None => "none",
+            Retry::Wake => "wake",
+            Retry::Poll => "poll",
             Retry::Fixed => "fixed",
-            Retry::Exponential => "exponential",
+            Retry::None => "none",
         }
     }
 }
@@ -286,10 +291,11 @@ fn work(shared: &Shared, o: &Options, counter_url: &str, seed: u64) -> Result<St
         .and_then(|c| c.get_connection())
         .map_err(|e| format!("counter connection: {e}"))?;
     let policy = match o.retry {
-        Retry::None | Retry::Fixed => RetryPolicy::fixed(o.retry_delay),
-        Retry::Exponential => {
-            RetryPolicy::exponential(o.retry_delay).max_delay(Duration::from_millis(50))
-        }
+        Retry::None | Retry::Fixed => RetryPolicy::fixed(o.retry_delay).wake_on_release(false),
+        Retry::Poll => RetryPolicy::exponential(o.retry_delay)
+            .max_delay(Duration::from_millis(50))
+            .wake_on_release(false),
+        Retry::Wake => RetryPolicy::exponential(o.retry_delay).max_delay(Duration::from_millis(50)),
     }
     .max_wait(o.max_wait);
     let mut rng = fastrand::Rng::with_seed(

@@ -12,7 +12,7 @@ use super::reference::{self, RefParse, RefReply};
 use crate::LockManager;
 use crate::error::Error;
 use crate::resp::{self, MAX_REPLY, Parse, ReadBuf, Reply};
-use crate::script::{EXTEND, Form, Op, RELEASE, SHAS};
+use crate::script::{Form, Op, SCRIPTS};
 use crate::token::Token;
 
 /// The decoder on arbitrary bytes: never panics, agrees exactly with the
@@ -148,28 +148,55 @@ pub fn roundtrip(data: &[u8]) {
     let token = Token::random().expect("os random source");
     let full_script = selector & 0x80 != 0;
     let form = if full_script { Form::Source } else { Form::Sha };
-    let op = match selector % 3 {
+    let enqueue = selector & 0x40 != 0;
+    let to = Token::random().expect("os random source");
+    let op = match selector % 7 {
         0 => Op::Acquire { ttl_ms },
         1 => Op::Release,
-        _ => Op::Extend { ttl_ms },
+        2 => Op::Extend { ttl_ms },
+        3 => Op::AcquireOrPttl { ttl_ms },
+        4 => Op::FairAcquire { ttl_ms, enqueue },
+        5 => Op::Handoff { ttl_ms, to },
+        _ => Op::FairLeave,
     };
     let mut buf = BytesMut::new();
     op.encode(&mut buf, key, &token, form);
 
     let ttl_text = ttl_ms.to_string().into_bytes();
-    let (script, sha): (&[u8], &[u8]) = match op {
-        Op::Release => (RELEASE.as_bytes(), &SHAS.release),
-        _ => (EXTEND.as_bytes(), &SHAS.extend),
+    let lease = crate::script::FAIR_LEASE_MS.to_string().into_bytes();
+    let scripts = &*SCRIPTS;
+    let script = match op {
+        Op::Acquire { .. } | Op::Release => &scripts.release,
+        Op::Extend { .. } => &scripts.extend,
+        Op::AcquireOrPttl { .. } => &scripts.acquire_or_pttl,
+        Op::Handoff { .. } => &scripts.handoff,
+        Op::FairAcquire { .. } => &scripts.fair_acquire,
+        Op::FairLeave => &scripts.fair_leave,
     };
     let (verb, first): (&[u8], &[u8]) = if full_script {
-        (b"EVAL", script)
+        (b"EVAL", script.source.as_bytes())
     } else {
-        (b"EVALSHA", sha)
+        (b"EVALSHA", &script.sha)
     };
+    let fair_keys: Vec<Vec<u8>> = crate::script::FAIR_SUFFIXES
+        .iter()
+        .map(|suffix| [key, suffix].concat())
+        .collect();
+    let t = token.as_bytes();
     let expected: Vec<&[u8]> = match op {
-        Op::Acquire { .. } => vec![b"SET", key, token.as_bytes(), b"NX", b"PX", &ttl_text],
-        Op::Release => vec![verb, first, b"1", key, token.as_bytes()],
-        Op::Extend { .. } => vec![verb, first, b"1", key, token.as_bytes(), &ttl_text],
+        Op::Acquire { .. } => vec![b"SET", key, t, b"NX", b"PX", &ttl_text],
+        Op::Release => vec![verb, first, b"1", key, t],
+        Op::Extend { .. } | Op::AcquireOrPttl { .. } => vec![verb, first, b"1", key, t, &ttl_text],
+        Op::Handoff { .. } => vec![verb, first, b"1", key, t, to.as_bytes(), &ttl_text],
+        Op::FairAcquire { .. } | Op::FairLeave => {
+            let mut args = vec![verb, first, b"4", key];
+            args.extend(fair_keys.iter().map(Vec::as_slice));
+            args.push(t);
+            if let Op::FairAcquire { enqueue, .. } = op {
+                args.extend([&ttl_text[..], &lease, if enqueue { b"1" } else { b"0" }]);
+            }
+            args
+        }
     };
     let expected = RefReply::Array(
         expected

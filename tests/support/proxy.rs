@@ -24,6 +24,11 @@ pub enum Mode {
     DropReplies,
     /// Stop listening: new connections are refused (existing ones stay).
     Refuse,
+    /// Forward requests; at the next reply, cut that connection instead of
+    /// forwarding it, and go back to `Pass`: the server acted, then the
+    /// connection died before the client heard (a kill or reset at the
+    /// worst moment).
+    CutOnNextReply,
 }
 
 struct Shared {
@@ -161,7 +166,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, is_reply: bool, shared: &Shared)
             Err(_) => break,
         };
         let forward = match mode(shared) {
-            Mode::Pass | Mode::Refuse => true,
+            Mode::CutOnNextReply if is_reply => {
+                *shared.mode.lock().expect("mode") = Mode::Pass;
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.shutdown(Shutdown::Both);
+                break;
+            }
+            Mode::Pass | Mode::Refuse | Mode::CutOnNextReply => true,
             Mode::Delay(d) => {
                 thread::sleep(d);
                 true
