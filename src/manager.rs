@@ -228,6 +228,11 @@ impl LockManager {
         let mut waited = loop {
             attempts = attempts.saturating_add(1);
             if let Some(waiter) = &waiter {
+                // A lock handed over since the last look needs no attempt
+                // (which would only find it held, by the handed token).
+                if let Some(handed) = waiter.take_handed() {
+                    break Waited::Got(self.handed(key, handed, attempts));
+                }
                 waiter.attempting();
             }
             let how = match (fair, &waiter) {

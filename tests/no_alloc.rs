@@ -92,6 +92,79 @@ fn hot_path_does_not_allocate() {
     );
 }
 
+/// Parks the calling thread once on a parking_lot primitive. The first time
+/// a thread parks, parking_lot sets up its per-thread data and may create
+/// or grow its global table: once per thread (and per doubling of threads),
+/// not per lock. Warm-up is where that belongs.
+fn park_once() {
+    let mutex = parking_lot::Mutex::new(());
+    let mut guard = mutex.lock();
+    parking_lot::Condvar::new().wait_for(&mut guard, Duration::from_micros(1));
+}
+
+/// Contended cycles: two threads passing one key back and forth, each
+/// `lock` a real wait (woken by a handoff or a release), on 1 and 3 nodes,
+/// in fair mode, and polling. Counted on both threads after a warm-up.
+#[test]
+fn contended_waits_do_not_allocate() {
+    let servers = RedisServer::start_many(3);
+    let one = support::manager([servers[0].url()]);
+    let three = support::manager(servers.iter().map(RedisServer::url));
+    let fair = support::manager_with(
+        [servers[1].url()],
+        redlease::LockManager::builder().fair(true),
+    );
+    let wake = redlease::RetryPolicy::default();
+    let poll = redlease::RetryPolicy::exponential(Duration::from_millis(1))
+        .max_delay(Duration::from_millis(2))
+        .wake_on_release(false);
+    let mut results = Vec::new();
+    for (label, locks, policy) in [
+        ("wake, 1 node", &one, &wake),
+        ("wake, 3 nodes", &three, &wake),
+        ("fair, 1 node", &fair, &wake),
+        ("poll, 1 node", &one, &poll),
+    ] {
+        let cycles = 1_000;
+        let counts: Vec<(u64, u32)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    s.spawn(|| {
+                        let waited = std::cell::Cell::new(0u32);
+                        let cycle = || {
+                            let lock = locks.lock_with(b"pass", TTL, policy).expect("lock");
+                            waited.set(waited.get() + u32::from(lock.attempts() > 1));
+                            std::thread::yield_now();
+                            drop(lock);
+                        };
+                        for _ in 0..WARM_UP {
+                            cycle();
+                        }
+                        park_once();
+                        waited.set(0);
+                        let n = allocations(|| (0..cycles).for_each(|_| cycle()));
+                        (n, waited.get())
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("worker"))
+                .collect()
+        });
+        println!(
+            "contended lock + drop, {label:<14} {counts:?} (allocations, cycles that waited) per thread in {cycles} cycles"
+        );
+        let waited: u32 = counts.iter().map(|c| c.1).sum();
+        assert!(waited > 0, "{label}: no cycle waited, nothing was measured");
+        results.extend(counts.iter().map(|c| c.0));
+    }
+    assert!(
+        results.iter().all(|&n| n == 0),
+        "contended waits allocated: {results:?}"
+    );
+}
+
 /// The counter does see allocations: a test of the test.
 #[test]
 fn the_counter_counts() {

@@ -78,6 +78,10 @@ struct Options {
     /// Redis node URL; repeat (or comma-separate) for a Redlock quorum.
     #[arg(long = "url", env = "REDIS_URL", value_delimiter = ',')]
     urls: Vec<String>,
+    /// First come, first served (one node only): waiters get the lock in
+    /// the order they asked.
+    #[arg(long)]
+    fair: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -199,10 +203,12 @@ fn run(o: &Options) -> Result<Summary, String> {
         .nodes(urls.iter().map(String::as_str))
         .pool_size(o.threads.min(1024) as usize)
         .preconnect(o.threads.min(1024) as usize)
+        .fair(o.fair)
         .build()
         .map_err(|e| e.to_string())?;
     let counter_url = &urls[0];
     let redis_version = redis_version(counter_url).unwrap_or_else(|| "(version unknown)".into());
+    let rtt = round_trip(counter_url)?;
 
     let run_id = std::process::id();
     let shared = Arc::new(Shared {
@@ -276,6 +282,8 @@ fn run(o: &Options) -> Result<Summary, String> {
             ttl: o.ttl,
             hold: o.hold,
             retry: o.retry.name(),
+            fair: o.fair,
+            rtt,
         },
         elapsed,
         stats,
@@ -391,6 +399,7 @@ fn work(shared: &Shared, o: &Options, counter_url: &str, seed: u64) -> Result<St
 
         shared.last_release[k].store(shared.now_ns(), Ordering::Relaxed);
         let (release_allocs, released) = support::alloc::count(|| lock.release());
+        stats.held_ns += shared.now_ns().saturating_sub(got_ns);
         match released {
             Ok(true) => {}
             Ok(false) => stats.released_after_expiry += 1,
@@ -453,6 +462,22 @@ fn progress(shared: &Shared, o: &Options, started: Instant) {
     if tty {
         eprint!("\r\x1b[2K");
     }
+}
+
+/// The median of 51 `PING` round trips to `url`.
+fn round_trip(url: &str) -> Result<Duration, String> {
+    let mut con = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| format!("ping connection: {e}"))?;
+    let mut times: Vec<Duration> = (0..51)
+        .map(|_| {
+            let started = Instant::now();
+            let _: redis::RedisResult<String> = redis::cmd("PING").query(&mut con);
+            started.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    Ok(times[times.len() / 2])
 }
 
 fn redis_version(url: &str) -> Option<String> {

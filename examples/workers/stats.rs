@@ -30,6 +30,10 @@ pub struct Stats {
     pub measured_cycles: u64,
     /// (key index, begin ns, end ns) of each critical section.
     pub intervals: Vec<(usize, u64, u64)>,
+    /// Time locks were held, from the lock in hand to its release done, ns.
+    pub held_ns: u64,
+    /// Acquisitions by each worker thread, in thread order.
+    pub per_thread: Vec<u64>,
 }
 
 impl Stats {
@@ -47,6 +51,8 @@ impl Stats {
             allocations: 0,
             measured_cycles: 0,
             intervals: Vec::new(),
+            held_ns: 0,
+            per_thread: Vec::new(),
         }
     }
 
@@ -70,6 +76,8 @@ impl Stats {
         self.allocations += other.allocations;
         self.measured_cycles += other.measured_cycles;
         self.intervals.extend(other.intervals);
+        self.held_ns += other.held_ns;
+        self.per_thread.push(other.acquired);
     }
 
     pub fn error_count(&self) -> u64 {
@@ -118,6 +126,9 @@ pub struct Setup {
     pub ttl: Duration,
     pub hold: Duration,
     pub retry: &'static str,
+    pub fair: bool,
+    /// Median `PING` round trip to the first node.
+    pub rtt: Duration,
 }
 
 /// The whole result: setup, tallies, and the mutual-exclusion check.
@@ -138,6 +149,27 @@ impl Summary {
         self.stats.acquired as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 
+    /// Time the keys were held ÷ (keys × run time): how much of what the
+    /// keys allow the workers used.
+    fn key_utilisation(&self) -> f64 {
+        let possible = f64::from(self.setup.keys) * self.elapsed.as_secs_f64();
+        (self.stats.held_ns as f64 / 1e9 / possible.max(1e-9)).min(1.0)
+    }
+
+    /// Fewest and most acquisitions of one thread.
+    fn shares(&self) -> (u64, u64) {
+        let shares = &self.stats.per_thread;
+        (
+            shares.iter().copied().min().unwrap_or(0),
+            shares.iter().copied().max().unwrap_or(0),
+        )
+    }
+
+    /// A duration in round trips.
+    fn rtts(&self, us: u64) -> f64 {
+        us as f64 / (self.setup.rtt.as_secs_f64() * 1e6).max(1e-3)
+    }
+
     fn allocations_per_cycle(&self) -> f64 {
         self.stats.allocations as f64 / self.stats.measured_cycles.max(1) as f64
     }
@@ -154,6 +186,14 @@ impl Summary {
                 "ttl_ms": self.setup.ttl.as_millis() as u64,
                 "hold_us": self.setup.hold.as_micros() as u64,
                 "retry": self.setup.retry,
+                "fair": self.setup.fair,
+            },
+            "rtt_us": self.setup.rtt.as_secs_f64() * 1e6,
+            "key_utilisation": self.key_utilisation(),
+            "thread_share": {
+                "min": self.shares().0,
+                "max": self.shares().1,
+                "max_over_min": self.shares().1 as f64 / self.shares().0.max(1) as f64,
             },
             "elapsed_s": self.elapsed.as_secs_f64(),
             "acquisitions": s.acquired,
@@ -185,16 +225,20 @@ impl Summary {
             format!("{} nodes (Redlock)", setup.nodes)
         };
         let origin = if setup.embedded { "embedded" } else { "given" };
+        let plural =
+            |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let mut out = format!(
-            "redlease workers: {} threads on {} keys, {nodes}, {origin} redis {}\n\
-             ttl {:?}, hold {:?}, retry {}, ran {:.2?}\n\n",
-            setup.threads,
-            setup.keys,
+            "redlease workers: {} on {}, {nodes}, {origin} redis {}\n\
+             ttl {:?}, hold {:?}, retry {}{}, ran {:.2?}, round trip {}\n\n",
+            plural(setup.threads, "thread", "threads"),
+            plural(setup.keys, "key", "keys"),
             setup.redis_version,
             setup.ttl,
             setup.hold,
             setup.retry,
-            self.elapsed
+            if setup.fair { " (fair)" } else { "" },
+            self.elapsed,
+            format_us(setup.rtt.as_micros() as u64),
         );
         let row = |out: &mut String, name: &str, value: String| {
             out.push_str(&format!("  {name:<26}{value}\n"));
@@ -203,6 +247,23 @@ impl Summary {
             &mut out,
             "acquisitions",
             format!("{} ({:.0}/s)", s.acquired, self.throughput()),
+        );
+        row(
+            &mut out,
+            "key utilisation",
+            format!(
+                "{:.2} (time held ÷ keys × run time)",
+                self.key_utilisation()
+            ),
+        );
+        let (fewest, most) = self.shares();
+        row(
+            &mut out,
+            "per-thread share",
+            format!(
+                "min {fewest}  max {most}  (max/min {:.2})",
+                most as f64 / fewest.max(1) as f64
+            ),
         );
         row(&mut out, "contended attempts", s.contended.to_string());
         row(&mut out, "retries", s.retries.to_string());
@@ -221,6 +282,17 @@ impl Summary {
         );
         row(&mut out, "acquire latency", latency_line(&s.latency));
         row(&mut out, "handoff to next holder", latency_line(&s.handoff));
+        if !s.handoff.is_empty() {
+            row(
+                &mut out,
+                "handoff in round trips",
+                format!(
+                    "p50 {:.1}  p99 {:.1}",
+                    self.rtts(s.handoff.value_at_quantile(0.5)),
+                    self.rtts(s.handoff.value_at_quantile(0.99))
+                ),
+            );
+        }
         row(
             &mut out,
             "allocations per cycle",

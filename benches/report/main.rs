@@ -2,7 +2,7 @@
 //! rounds, one table, ratios against the targets.
 //!
 //! ```text
-//! cargo bench --bench report                      # about a minute
+//! cargo bench --bench report                      # about two minutes
 //! cargo bench --bench report -- --quick           # a few seconds (CI)
 //! cargo bench --bench report -- --callgrind       # + instructions per cycle under valgrind
 //! ```
@@ -13,8 +13,10 @@
 //! counting global allocator). Contestants run in a rotating order each
 //! round so that none always goes first.
 
+#[path = "../common/mod.rs"]
 mod common;
-#[path = "../tests/support/mod.rs"]
+mod contended;
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::process::Command;
@@ -317,6 +319,7 @@ fn report(s: &Settings) {
     println!(
         "| (cycles/s at 8 threads: redlease {ours_tp:.0}, implied by redis-benchmark {implied:.0}) | | | |"
     );
+    contended::report(&urls, s.throughput_time);
 }
 
 /// Cycles per second with 8 threads on distinct keys, against the cycle rate
