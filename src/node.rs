@@ -139,19 +139,12 @@ impl Node {
     /// node's pool, nor, for [`Take::Fresh`], for any pool.
     pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
-        let within = match take {
-            Take::Pooled => self.timeouts,
-            Take::Fresh { budget } => {
-                let stale = std::mem::take(&mut state.idle);
-                state.open -= stale.len();
-                state.idle.reserve(self.config.max_conns);
-                drop(stale);
-                Timeouts {
-                    connect: budget.min(self.timeouts.connect),
-                    io: budget.min(self.timeouts.io),
-                }
-            }
-        };
+        if let Take::Fresh { .. } = take {
+            let stale = std::mem::take(&mut state.idle);
+            state.open -= stale.len();
+            state.idle.reserve(self.config.max_conns);
+            drop(stale);
+        }
         let mut deadline = None;
         loop {
             // Looked at again after every wait: the node may have failed
@@ -165,6 +158,7 @@ impl Node {
                 return Ok(Checkout {
                     node: self,
                     conn: Some(conn),
+                    slow: deadline.is_some(),
                 });
             }
             let failing = state.failures > 0;
@@ -175,6 +169,13 @@ impl Node {
                 }
                 state.open += 1;
                 drop(state);
+                let within = match take {
+                    Take::Pooled => self.timeouts,
+                    Take::Fresh { budget } => Timeouts {
+                        connect: budget.min(self.timeouts.connect),
+                        io: budget.min(self.timeouts.io),
+                    },
+                };
                 return self.open_new(within);
             }
             if failing || state.reconnecting {
@@ -205,6 +206,7 @@ impl Node {
                 Ok(Checkout {
                     node: self,
                     conn: Some(Box::new(conn)),
+                    slow: true,
                 })
             }
             Err(failure) => {
@@ -290,10 +292,15 @@ impl Node {
     }
 
     /// Marks the node healthy: one atomic load when it already is.
+    #[inline]
     fn mark_up(&self) {
-        if !self.failing.load(Ordering::Relaxed) {
-            return;
+        if self.failing.load(Ordering::Relaxed) {
+            self.mark_up_slow();
         }
+    }
+
+    #[cold]
+    fn mark_up_slow(&self) {
         let mut state = self.state.lock();
         let was_down = state.failures > 0;
         state.failures = 0;
@@ -343,6 +350,9 @@ fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>) {
 pub(crate) struct Checkout<'a> {
     node: &'a Node,
     conn: Option<Box<Conn>>,
+    /// Whether taking it took real time: a wait for a free connection, or
+    /// opening a new one.
+    pub(crate) slow: bool,
 }
 
 impl Checkout<'_> {
@@ -351,6 +361,7 @@ impl Checkout<'_> {
     /// well-formed reply shows it healthy, and a timeout counts against it
     /// only if the request `had_time` to be answered (a read left no time
     /// by a slow sibling is no evidence).
+    #[inline]
     pub(crate) fn recv<T>(
         &mut self,
         deadline: Instant,

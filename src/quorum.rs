@@ -15,6 +15,7 @@ use crate::node::{Node, PoolConfig};
 use crate::probe;
 use crate::round::{Mask, Round, Tally};
 use crate::script::Op;
+use crate::time;
 use crate::token::Token;
 
 /// Most nodes a quorum may have: node sets are `u64` bit masks.
@@ -105,7 +106,9 @@ impl Quorum {
                 .collect(),
             // Cannot truncate: the builder keeps the factor within [0, 0.5).
             drift_ppb: (drift_factor * 1e9).round() as u64,
-            io_timeout: timeouts.io,
+            // Capped, so that `start + io_timeout` cannot overflow on the
+            // hot path (see `time::FAR`).
+            io_timeout: timeouts.io.min(time::FAR),
         })
     }
 
@@ -192,10 +195,13 @@ impl Quorum {
         self.nodes.len() / 2 + 1
     }
 
-    /// The clock-drift allowance for a TTL: `ttl × factor + 2 ms`.
+    /// The clock-drift allowance for a TTL: `ttl × factor + 2 ms`. TTLs
+    /// are whole milliseconds by then, so 64-bit arithmetic is exact: a
+    /// year of milliseconds times a factor under 0.5 in parts per billion
+    /// stays below `u64::MAX` (and saturates if it did not).
     pub(crate) fn drift(&self, ttl: Duration) -> Duration {
-        let nanos = ttl.as_nanos() * u128::from(self.drift_ppb) / 1_000_000_000;
-        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX)) + DRIFT_FIXED
+        let nanos = millis(ttl).saturating_mul(self.drift_ppb) / 1_000;
+        Duration::from_nanos(nanos) + DRIFT_FIXED
     }
 
     fn all(&self) -> Mask {
@@ -208,8 +214,10 @@ impl Quorum {
         start + ttl.saturating_sub(self.drift(ttl))
     }
 
-    fn round<'q>(&'q self, op: Op, key: &'q [u8], token: &'q Token) -> Round<'q> {
-        Round::run(&self.nodes, self.io_timeout, op, key, token, self.all())
+    fn round<'q>(&'q self, op: Op<'q>, key: &'q [u8], token: &'q Token) -> Round<'q> {
+        let mut round = Round::new(&self.nodes, self.io_timeout, op, key, token);
+        round.run(self.all());
+        round
     }
 
     /// One acquisition attempt. On anything but success, whatever it may
@@ -266,7 +274,7 @@ impl Quorum {
     ) -> HandedOff {
         let op = Op::Handoff {
             ttl_ms: millis(ttl),
-            to: *theirs,
+            to: theirs,
         };
         let round = self.round(op, key, ours);
         let tally = round.tally();
@@ -297,13 +305,14 @@ impl Quorum {
     /// Releases on every node. `true` when a quorum deleted our key, `false`
     /// when a majority no longer held our token.
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool, Error> {
-        let tally = self.round(Op::Release, key, token).into_tally();
+        let round = self.round(Op::Release, key, token);
+        let tally = round.tally();
         if tally.yes_count() >= self.needed() {
             Ok(true)
         } else if tally.no_count() > self.nodes.len() - self.needed() {
             Ok(false)
         } else {
-            Err(self.no_quorum(tally))
+            Err(self.no_quorum(round.into_tally()))
         }
     }
 

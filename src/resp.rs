@@ -264,6 +264,7 @@ impl ReadBuf {
         }
     }
 
+    #[inline]
     fn consume(&mut self, used: usize) {
         self.start += used;
         if self.start == self.end {

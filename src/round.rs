@@ -3,8 +3,9 @@
 //! 1. **check out** a connection from every target node and encode the
 //!    request into it (a node that is down or whose pool is exhausted
 //!    fails here);
-//! 2. **scatter**: write every request; the clock for validity and the one
-//!    deadline for all replies start just before the first write, so slow
+//! 2. **scatter**: write every request; the one deadline for all replies
+//!    starts just before the first write (the validity clock starts at the
+//!    checkouts, and again after them if one took real time), so slow
 //!    checkouts cost the replies nothing;
 //! 3. **gather**: read every reply until the deadline;
 //! 4. **second chance**, once, for nodes that could not answer through no
@@ -99,39 +100,10 @@ impl Tally {
     }
 }
 
-/// Step 1: a connection from every target node, its request encoded; the
-/// first node that could not give one is noted in `first_failure`.
-fn check_out<'q>(
-    nodes: &'q [Arc<Node>],
-    op: Op,
-    key: &[u8],
-    token: &Token,
-    targets: Mask,
-    first_failure: &mut Option<(usize, Failure)>,
-) -> Slots<'q> {
-    let mut slots = Slots::new();
-    for (i, node) in nodes.iter().enumerate() {
-        let mut slot = None;
-        if targets & (1 << i) != 0 {
-            match node.checkout(Take::Pooled) {
-                Ok(mut conn) => {
-                    op.encode(conn.request(), key, token, Form::Sha);
-                    slot = Some(conn);
-                }
-                Err(failure) => {
-                    first_failure.get_or_insert((i, failure));
-                }
-            }
-        }
-        slots.push(slot);
-    }
-    slots
-}
-
 /// One operation in flight: its connections and what they said.
 pub(crate) struct Round<'q> {
     nodes: &'q [Arc<Node>],
-    op: Op,
+    op: Op<'q>,
     key: &'q [u8],
     token: &'q Token,
     io_timeout: Duration,
@@ -145,39 +117,69 @@ pub(crate) struct Round<'q> {
 }
 
 impl<'q> Round<'q> {
-    /// Runs `op` on the nodes in `targets`: check out, scatter, gather,
-    /// second chance.
-    pub(crate) fn run(
+    /// A round about to run `op`. The validity clock starts here, before
+    /// anything is sent: conservative by the time the checkouts take, and
+    /// read again after them if one of them took real time.
+    pub(crate) fn new(
         nodes: &'q [Arc<Node>],
         io_timeout: Duration,
-        op: Op,
+        op: Op<'q>,
         key: &'q [u8],
         token: &'q Token,
-        targets: Mask,
     ) -> Round<'q> {
-        let mut first_failure = None;
-        let slots = check_out(nodes, op, key, token, targets, &mut first_failure);
-        let mut round = Round {
+        Round {
             nodes,
             op,
             key,
             token,
             io_timeout,
-            slots,
+            slots: Slots::new(),
             tally: Tally::new(Instant::now()),
             resent: 0,
             orphans: 0,
-        };
-        round.tally.first_failure = first_failure;
-        let deadline = time::deadline(round.tally.start, io_timeout);
-        let mut redos = Redos::new();
-        let pending = round.scatter(&mut redos);
-        round.gather(pending, deadline, true, &mut redos);
-        if !redos.is_empty() {
-            round.second_chance(&redos, deadline);
         }
-        round.tally.end = Instant::now();
-        round
+    }
+
+    /// Runs the operation on the nodes in `targets`: check out, scatter,
+    /// gather, second chance. The reply deadline is one I/O timeout from
+    /// just before the first write.
+    pub(crate) fn run(&mut self, targets: Mask) {
+        if self.check_out(targets) {
+            self.tally.start = Instant::now();
+        }
+        // Cannot overflow: the quorum caps its I/O timeout (`time::FAR`).
+        let deadline = self.tally.start + self.io_timeout;
+        let mut redos = Redos::new();
+        let pending = self.scatter(&mut redos);
+        self.gather(pending, deadline, true, &mut redos);
+        if !redos.is_empty() {
+            self.second_chance(&redos, deadline);
+        }
+        self.tally.end = Instant::now();
+    }
+
+    /// Step 1: a connection from every target node, its request encoded;
+    /// a node that cannot give one is the round's failure there. Says
+    /// whether a checkout took real time (opened a connection, or waited
+    /// for the pool).
+    fn check_out(&mut self, targets: Mask) -> bool {
+        let mut slow = false;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let mut slot = None;
+            if targets & (1 << i) != 0 {
+                match node.checkout(Take::Pooled) {
+                    Ok(mut conn) => {
+                        slow |= conn.slow;
+                        self.op
+                            .encode(conn.request(), self.key, self.token, Form::Sha);
+                        slot = Some(conn);
+                    }
+                    Err(failure) => self.tally.fail(i, failure),
+                }
+            }
+            self.slots.push(slot);
+        }
+        slow
     }
 
     pub(crate) fn tally(&self) -> &Tally {

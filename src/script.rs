@@ -129,6 +129,7 @@ impl Script {
         }
     }
 
+    #[inline]
     fn head(&self, form: Form) -> &[u8] {
         match form {
             Form::Sha => &self.by_sha,
@@ -210,13 +211,13 @@ impl Stack {
 
 /// One lock operation, with what it needs besides the key and token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Op {
+pub(crate) enum Op<'a> {
     /// `SET key token NX PX ttl`
     Acquire { ttl_ms: u64 },
     /// A waiter's attempt: `SET NX PX`, or the holder's PTTL.
     AcquireOrPttl { ttl_ms: u64 },
     /// Direct handoff: our key to the waiter's token `to`, for `ttl_ms`.
-    Handoff { ttl_ms: u64, to: Token },
+    Handoff { ttl_ms: u64, to: &'a Token },
     /// Fair mode's attempt; `enqueue`: join the queue if not granted.
     FairAcquire { ttl_ms: u64, enqueue: bool },
     /// Fair mode: leave the queue.
@@ -251,11 +252,11 @@ impl Vote {
     const NO: Vote = Vote::No { held_ms: None };
 }
 
-impl Op {
+impl<'a> Op<'a> {
     /// The operation to send again after a connection died before its
     /// reply: one that recognises its own first effect where it can
     /// (`SET NX` would answer "held" to our own key).
-    pub(crate) fn resent(self) -> Op {
+    pub(crate) fn resent(self) -> Op<'a> {
         match self {
             Op::Acquire { ttl_ms } => Op::AcquireOrPttl { ttl_ms },
             other => other,
@@ -510,7 +511,7 @@ mod tests {
                                 .to_vec(),
                         ),
                         (
-                            Op::Handoff { ttl_ms, to: other },
+                            Op::Handoff { ttl_ms, to: &other },
                             [
                                 verb,
                                 pick(&scripts.handoff),

@@ -6,8 +6,10 @@
 use std::time::{Duration, Instant};
 
 /// Farther than any wait that means anything (about 100 years), and well
-/// inside `Instant`'s range on every platform.
-const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// inside `Instant`'s range on every platform: a duration capped at this can
+/// be added to `Instant::now()` without a check (the hot path's reply
+/// deadline does, with the I/O timeout capped when the quorum is built).
+pub(crate) const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// `from + after`, saturating at about a century from `from`.
 pub(crate) fn deadline(from: Instant, after: Duration) -> Instant {

@@ -171,6 +171,7 @@ impl Waiters {
     }
 
     /// Whether no thread waits for any key.
+    #[inline]
     pub(crate) fn is_idle(&self) -> bool {
         self.registered.load(Ordering::Relaxed) == 0
     }
@@ -470,13 +471,20 @@ impl Wakeups {
     }
 
     /// This manager released `key`: its waiters are woken at once.
+    #[inline]
     pub(crate) fn released(&self, key: &[u8], token: &Token) {
-        self.waiters.released_here(key, token.as_bytes());
+        if !self.waiters.is_idle() {
+            self.waiters.released_here(key, token.as_bytes());
+        }
     }
 
     /// Claims the oldest waiter for `key` for a direct handoff (see
     /// [`Waiters::claim`]).
+    #[inline]
     pub(crate) fn claim(&self, key: &[u8]) -> Option<Handoff<'_>> {
+        if self.waiters.is_idle() {
+            return None;
+        }
         let claim = self.waiters.claim(key)?;
         Some(Handoff {
             waiters: &self.waiters,

@@ -156,7 +156,7 @@ pub fn roundtrip(data: &[u8]) {
         2 => Op::Extend { ttl_ms },
         3 => Op::AcquireOrPttl { ttl_ms },
         4 => Op::FairAcquire { ttl_ms, enqueue },
-        5 => Op::Handoff { ttl_ms, to },
+        5 => Op::Handoff { ttl_ms, to: &to },
         _ => Op::FairLeave,
     };
     let mut buf = BytesMut::new();
