@@ -22,18 +22,6 @@ use support::proxy::FaultProxy;
 
 const TTL: Duration = Duration::from_secs(1);
 
-fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-/// File descriptors and threads of this process.
-fn resources() -> (usize, usize) {
-    (
-        count_entries("/proc/self/fd"),
-        count_entries("/proc/self/task"),
-    )
-}
-
 #[test]
 #[ignore = "long; run with --ignored (REDLEASE_SOAK_SECS sets the length)"]
 fn soak() {
@@ -43,7 +31,7 @@ fn soak() {
         .unwrap_or(30);
     let length = Duration::from_secs(secs);
     let oracle = Oracle::new("soak");
-    let before = resources();
+    let before = support::resources();
 
     let verdict_and_errors = {
         let mut servers = RedisServer::start_many(5);
@@ -128,8 +116,12 @@ fn soak() {
     // Threads and descriptors return to where they were (proxy threads
     // notice their stop flag within 50 ms).
     let settled = Instant::now() + Duration::from_secs(5);
-    while resources() != before && Instant::now() < settled {
+    while support::resources() != before && Instant::now() < settled {
         thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(resources(), before, "(fds, threads) before vs after");
+    assert_eq!(
+        support::resources(),
+        before,
+        "(fds, threads) before vs after"
+    );
 }

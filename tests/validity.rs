@@ -59,6 +59,17 @@ impl Nodes {
         self.servers.len() / 2 + 1
     }
 
+    /// A lock on `key` for `ttl`, which must be free, and its token.
+    fn take(&self, key: &str, ttl: Duration) -> (Lock, Vec<u8>) {
+        let lock = self
+            .locks
+            .try_lock(key, ttl)
+            .expect("try_lock")
+            .expect("free");
+        let token = self.token_of(&lock, key.as_bytes());
+        (lock, token)
+    }
+
     /// Our token: the value a majority holds right after a grant.
     fn token_of(&self, lock: &Lock, key: &[u8]) -> Vec<u8> {
         let values: Vec<Option<Vec<u8>>> = self.servers.iter().map(|s| s.get(key)).collect();
@@ -141,12 +152,7 @@ impl Nodes {
 #[test]
 fn extend_validity_expired_leaves_nothing() {
     let nodes = Nodes::new(1, Duration::from_millis(200));
-    let mut lock = nodes
-        .locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
-    let token = nodes.token_of(&lock, b"k");
+    let (mut lock, token) = nodes.take("k", Duration::from_secs(10));
     nodes.all(Mode::Delay(Duration::from_millis(10)));
     let result = lock.extend(Duration::from_millis(5));
     assert!(
@@ -171,12 +177,7 @@ fn extend_validity_expired_leaves_nothing() {
 #[test]
 fn extend_without_quorum_still_shortens_validity() {
     let nodes = Nodes::new(3, Duration::from_millis(50));
-    let mut lock = nodes
-        .locks
-        .try_lock("k", Duration::from_secs(10))
-        .expect("try_lock")
-        .expect("free");
-    let token = nodes.token_of(&lock, b"k");
+    let (mut lock, token) = nodes.take("k", Duration::from_secs(10));
     nodes.proxies[0].set(Mode::DropReplies);
     nodes.proxies[1].set(Mode::DropReplies);
     let result = lock.extend(Duration::from_millis(200));
@@ -205,12 +206,7 @@ fn extend_without_quorum_still_shortens_validity() {
 #[test]
 fn longer_extend_keeps_or_grows_validity() {
     let nodes = Nodes::new(3, Duration::from_millis(50));
-    let mut lock = nodes
-        .locks
-        .try_lock("k", Duration::from_secs(3))
-        .expect("try_lock")
-        .expect("free");
-    let token = nodes.token_of(&lock, b"k");
+    let (mut lock, token) = nodes.take("k", Duration::from_secs(3));
     let before = lock.remaining();
     nodes.proxies[0].set(Mode::DropReplies);
     nodes.proxies[1].set(Mode::DropReplies);

@@ -35,16 +35,6 @@ fn woken_only() -> RetryPolicy {
         .max_wait(Duration::from_secs(20))
 }
 
-/// Subscribers to `key`'s wake channel on `server`.
-fn listeners(server: &RedisServer, key: &str) -> i64 {
-    let channel = format!("redlease:wake:{key}");
-    let reply: Vec<redis::Value> = server.cmd(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]);
-    match reply.get(1) {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("PUBSUB NUMSUB: {other:?}"),
-    }
-}
-
 const CHILD_ENV: &str = "REDLEASE_WAIT_CHILD";
 
 /// A release in one process wakes a waiter in another at once: the waiter,
@@ -64,7 +54,7 @@ fn a_release_wakes_another_process() {
         .spawn()
         .expect("spawn the waiting process");
     support::eventually(Duration::from_secs(10), "the child listening", || {
-        listeners(&server, "x") >= 1
+        support::listeners(&server, "x") >= 1
     });
     let released = Instant::now();
     assert!(lock.release().expect("release"));
@@ -150,7 +140,7 @@ fn a_handoff_leaves_no_gap() {
         thread::scope(|s| {
             let waiter = s.spawn(|| locks.lock_with("g", TTL, &woken_only()).expect("lock"));
             support::eventually(Duration::from_secs(5), "the waiter listening", || {
-                listeners(&server, "g") == 1
+                support::listeners(&server, "g") == 1
             });
             let rival = s.spawn(|| {
                 let mut wins = 0;
@@ -253,12 +243,12 @@ fn lost_subscriptions_are_recovered() {
             got
         });
         support::eventually(Duration::from_secs(5), "the waiter listening", || {
-            listeners(&server, "s") == 1
+            support::listeners(&server, "s") == 1
         });
         let killed: i64 = server.cmd(&[b"CLIENT", b"KILL", b"TYPE", b"pubsub"]);
         assert_eq!(killed, 1);
         support::eventually(Duration::from_secs(5), "the subscriber back", || {
-            listeners(&server, "s") == 1
+            support::listeners(&server, "s") == 1
         });
         let released = Instant::now();
         assert!(lock.release().expect("release"));
@@ -278,7 +268,7 @@ fn lost_subscriptions_are_recovered() {
             got
         });
         support::eventually(Duration::from_secs(5), "the waiter listening", || {
-            listeners(&server, "r") == 1
+            support::listeners(&server, "r") == 1
         });
         server.restart();
         let restarted = Instant::now();

@@ -13,32 +13,10 @@ use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(30);
 
-/// Subscribers to `key`'s wake channel on `server`.
-fn listeners(server: &RedisServer, key: &str) -> i64 {
-    let channel = format!("redlease:wake:{key}");
-    let reply: Vec<redis::Value> = server.cmd(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]);
-    match reply.get(1) {
-        Some(redis::Value::Int(n)) => *n,
-        other => panic!("PUBSUB NUMSUB: {other:?}"),
-    }
-}
-
 fn woken_only() -> RetryPolicy {
     RetryPolicy::exponential(Duration::from_millis(5))
         .wake_cap(Duration::from_secs(10))
         .max_wait(Duration::from_secs(20))
-}
-
-fn count_entries(dir: &str) -> usize {
-    std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0)
-}
-
-/// Threads and descriptors of this process.
-fn resources() -> (usize, usize) {
-    (
-        count_entries("/proc/self/task"),
-        count_entries("/proc/self/fd"),
-    )
 }
 
 /// 10,000 wait cycles (two threads passing a key back and forth, each
@@ -53,7 +31,7 @@ fn nothing_leaks_after_many_waits() {
 }
 
 fn leaves_nothing(servers: &[RedisServer], cycles: usize) {
-    let before = resources();
+    let before = support::resources();
     {
         let locks = support::manager(servers.iter().map(RedisServer::url));
         thread::scope(|s| {
@@ -68,12 +46,12 @@ fn leaves_nothing(servers: &[RedisServer], cycles: usize) {
         });
         for server in servers {
             support::eventually(Duration::from_secs(2), "no listener left", || {
-                listeners(server, "p") == 0
+                support::listeners(server, "p") == 0
             });
         }
     }
     let settled = Instant::now() + Duration::from_secs(5);
-    while resources() != before && Instant::now() < settled {
+    while support::resources() != before && Instant::now() < settled {
         thread::sleep(Duration::from_millis(10));
     }
     let names: Vec<String> = std::fs::read_dir("/proc/self/task")
@@ -83,7 +61,7 @@ fn leaves_nothing(servers: &[RedisServer], cycles: usize) {
         .filter_map(|t| std::fs::read_to_string(t.path().join("comm")).ok())
         .collect();
     assert_eq!(
-        resources(),
+        support::resources(),
         before,
         "(threads, fds) before vs after; threads now: {names:?}"
     );

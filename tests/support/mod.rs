@@ -312,6 +312,23 @@ pub fn eventually(limit: Duration, what: &str, mut condition: impl FnMut() -> bo
     }
 }
 
+/// Subscribers to `key`'s wake channel on `server` (`PUBSUB NUMSUB`).
+pub fn listeners(server: &RedisServer, key: &str) -> i64 {
+    let channel = format!("redlease:wake:{key}");
+    let reply: Vec<redis::Value> = server.cmd(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]);
+    match reply.get(1) {
+        Some(redis::Value::Int(n)) => *n,
+        other => panic!("PUBSUB NUMSUB: {other:?}"),
+    }
+}
+
+/// This process's (threads, open file descriptors), for leak checks; run
+/// them in a test binary of their own, so that no other test blurs them.
+pub fn resources() -> (usize, usize) {
+    let count = |dir: &str| std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+    (count("/proc/self/task"), count("/proc/self/fd"))
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind(("127.0.0.1", 0))
