@@ -230,10 +230,9 @@ impl LockManager {
             if let Some(waiter) = &waiter {
                 // A lock handed over since the last look needs no attempt
                 // (which would only find it held, by the handed token).
-                if let Some(handed) = waiter.take_handed() {
+                if let Some(handed) = waiter.attempting() {
                     break Waited::Got(self.handed(key, handed, attempts));
                 }
-                waiter.attempting();
             }
             let how = match (fair, &waiter) {
                 (true, _) => Attempt::Fair { enqueue: true },

@@ -250,14 +250,21 @@ impl Waiters {
         }
     }
 
-    /// The waiter is about to attempt: a wake it received is used up.
-    pub(crate) fn attempting(&self, r: &Registered) {
+    /// The waiter is about to attempt: returns the lock handed to it, if
+    /// any (then there is nothing to attempt); else a wake it received is
+    /// used up. One step under the lock: a handoff delivered in between
+    /// cannot have its wake cleared unseen.
+    pub(crate) fn attempting(&self, r: &Registered) -> Option<Handed> {
         let mut table = self.table.lock();
         let slot = &mut table[r.slot];
         let waiter = slot.waiter(r.id);
+        if let Some(handed) = waiter.handed.take() {
+            return Some(handed);
+        }
         if std::mem::take(&mut waiter.woken) {
             slot.wake_in_flight = false;
         }
+        None
     }
 
     /// Chooses the oldest waiter for `key` for a direct handoff; `None` when
@@ -539,9 +546,10 @@ pub(crate) struct Registration<'w> {
 }
 
 impl Registration<'_> {
-    /// The waiter is about to attempt: a wake it received is used up.
-    pub(crate) fn attempting(&self) {
-        self.wakeups.waiters.attempting(&self.place);
+    /// The waiter is about to attempt: the lock handed to it if any, else
+    /// a wake it received is used up.
+    pub(crate) fn attempting(&self) -> Option<Handed> {
+        self.wakeups.waiters.attempting(&self.place)
     }
 
     /// Sleeps until woken (`true`) or until `until` (`false`).
@@ -642,6 +650,21 @@ mod tests {
         assert!(!waiters.wait(&a, Instant::now()));
         waiters.message(b"k", b"99999999");
         assert!(waiters.wait(&a, Instant::now()));
+        waiters.deregister(&a, |_| {});
+    }
+
+    /// A lock handed over just before the waiter's next attempt is what that
+    /// attempt returns: its wake is not cleared unseen (that cost a whole
+    /// wake cap before this test).
+    #[test]
+    fn a_handoff_before_an_attempt_is_not_lost() {
+        let waiters = Waiters::new(false);
+        let a = waiters.register(b"k", Duration::from_secs(1), |_| {});
+        let claim = waiters.claim(b"k").expect("a waiter to claim");
+        let token = Token::random().expect("token");
+        assert!(waiters.deliver(claim, Some((token, Instant::now()))));
+        assert!(waiters.attempting(&a).is_some_and(|(t, _)| t == token));
+        assert!(waiters.attempting(&a).is_none());
         waiters.deregister(&a, |_| {});
     }
 
