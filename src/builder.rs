@@ -37,6 +37,7 @@ pub struct LockManagerBuilder {
     lazy: bool,
     preconnect: usize,
     fair: bool,
+    max_hold: Option<Duration>,
 }
 
 impl Default for LockManagerBuilder {
@@ -54,6 +55,7 @@ impl Default for LockManagerBuilder {
             lazy: false,
             preconnect: 1,
             fair: false,
+            max_hold: None,
         }
     }
 }
@@ -177,6 +179,20 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Longest a kept-alive lock (see [`Lock::keep_alive`]) is renewed,
+    /// counted from `keep_alive()`: after that its renewal stops, it is
+    /// reported lost, and its key expires by its TTL — so a holder stuck for
+    /// good (a deadlocked thread in a live process) does not hold the lock
+    /// for ever. [`Lock::keep_alive_for`] sets it per lock. At least 1 ms;
+    /// defaults to no cap.
+    ///
+    /// [`Lock::keep_alive`]: crate::Lock::keep_alive
+    /// [`Lock::keep_alive_for`]: crate::Lock::keep_alive_for
+    pub fn max_hold(mut self, max: Duration) -> Self {
+        self.max_hold = Some(max);
+        self
+    }
+
     /// Validates the settings and the nodes and, unless
     /// [`connect_lazily`](Self::connect_lazily), connects.
     pub fn build(self) -> Result<LockManager> {
@@ -215,6 +231,7 @@ impl LockManagerBuilder {
             limits,
             self.fair,
             self.io_timeout,
+            self.max_hold,
         ))
     }
 
@@ -236,6 +253,12 @@ impl LockManagerBuilder {
                 "pool_size {} is outside 1..=1024",
                 self.pool_size
             )));
+        }
+        if self
+            .max_hold
+            .is_some_and(|hold| hold < Duration::from_millis(1))
+        {
+            return Err(Error::invalid("max_hold must be at least 1ms"));
         }
         if self.max_ttl < Duration::from_millis(10) || self.max_ttl > MAX_TTL_CAP {
             return Err(Error::invalid(format!(

@@ -122,6 +122,9 @@ pub enum Error {
     },
     /// The operating system's random source failed, so no token could be made.
     RandomSource(Box<str>),
+    /// A background thread the operation needs (the lease keeper) could
+    /// not be started.
+    Thread(Box<str>),
 }
 
 impl Error {
@@ -260,6 +263,7 @@ impl fmt::Display for Error {
                 "node down: {node} failed recently and is skipped until its reconnect backoff ends"
             ),
             Error::RandomSource(msg) => write!(f, "random source failed: {msg}"),
+            Error::Thread(msg) => f.write_str(msg),
         }
     }
 }

@@ -54,6 +54,7 @@ mod error;
 #[cfg(feature = "internals")]
 #[doc(hidden)]
 pub mod internals;
+mod keeper;
 mod lock;
 mod manager;
 mod node;

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use smallvec::SmallVec;
 
 use crate::error::{Error, Result};
+use crate::keeper::{Began, LeaseRef};
 use crate::manager::LockManager;
 use crate::quorum::ExtendFailed;
 use crate::token::Token;
@@ -20,13 +21,19 @@ pub(crate) const INLINE_KEY: usize = 64;
 /// Validity is tracked by the monotonic clock: [`remaining`](Lock::remaining)
 /// is the TTL minus the time the acquisition took and the clock-drift
 /// allowance, counting down. Work that must not run unprotected should check
-/// it, and [`extend`](Lock::extend) the lock well before it reaches zero.
+/// it, and [`extend`](Lock::extend) the lock well before it reaches zero —
+/// or let the manager do that: [`keep_alive`](Lock::keep_alive).
 #[must_use = "the lock is released as soon as the guard is dropped"]
 pub struct Lock {
     manager: LockManager,
     key: SmallVec<[u8; INLINE_KEY]>,
     token: Token,
+    /// The TTL it was taken (or last extended) for, in whole milliseconds.
+    ttl: Duration,
+    /// End of validity; a kept-alive lock's lives in its lease instead.
     valid_until: Instant,
+    /// Set while the manager's keeper keeps the lock alive.
+    lease: Option<LeaseRef>,
     /// Attempts it took to acquire.
     attempts: u32,
     /// Set once the lock is known not to be ours any more, or was released:
@@ -39,6 +46,7 @@ impl Lock {
         manager: LockManager,
         key: &[u8],
         token: Token,
+        ttl: Duration,
         valid_until: Instant,
         attempts: u32,
     ) -> Lock {
@@ -46,7 +54,9 @@ impl Lock {
             manager,
             key: SmallVec::from_slice(key),
             token,
+            ttl,
             valid_until,
+            lease: None,
             attempts,
             done: false,
         }
@@ -73,7 +83,122 @@ impl Lock {
         if self.done {
             return Duration::ZERO;
         }
-        self.valid_until.saturating_duration_since(Instant::now())
+        match &self.lease {
+            Some(lease) => lease.remaining(),
+            None => self.valid_until.saturating_duration_since(Instant::now()),
+        }
+    }
+
+    /// Whether the lock is lost: it expired, was found taken or gone, or
+    /// (kept alive) its keeper reported it lost. The same as
+    /// `remaining().is_zero()`. Does not block.
+    pub fn is_lost(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// `Err(Error::LockLost)` when the lock [is lost](Lock::is_lost): for
+    /// `?` before work that must not run unprotected. Does not block.
+    pub fn check(&self) -> Result<()> {
+        if self.is_lost() {
+            Err(Error::LockLost)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Blocks until the lock is lost or `timeout` passes; returns whether
+    /// it is lost. With the guard shared (`&Lock`) between a worker and a
+    /// watcher thread, the watcher can wait for "done or lost" and stop the
+    /// work at once. A lock that is not kept alive is lost when its
+    /// validity runs out.
+    pub fn wait_lost(&self, timeout: Duration) -> bool {
+        match &self.lease {
+            Some(lease) if !self.done => lease.wait_lost(timeout),
+            _ => {
+                let left = self.remaining();
+                std::thread::sleep(left.min(timeout));
+                self.is_lost()
+            }
+        }
+    }
+
+    /// Keeps the lock alive in the background until it is released or
+    /// dropped: the manager's keeper thread (one per manager, whatever the
+    /// number of locks) renews it for its TTL about every third of the TTL,
+    /// so the TTL is the time the others wait after this process crashes.
+    /// Renewal stops, and the lock is reported lost, when a majority no
+    /// longer holds it (deleted or taken by someone else), when no quorum
+    /// could renew it before its validity ran out, or once the manager's
+    /// [`max_hold`](crate::LockManagerBuilder::max_hold) has passed since
+    /// this call. Loss is seen within a third of the TTL plus a round trip:
+    /// watch for it with [`is_lost`](Lock::is_lost), [`check`](Lock::check),
+    /// [`wait_lost`](Lock::wait_lost) or [`on_lost`](Lock::on_lost).
+    ///
+    /// The TTL should be well above three round trips (and the I/O
+    /// timeout) to the nodes. Renewals never re-create a missing key, and
+    /// none is sent once release has begun.
+    ///
+    /// ```no_run
+    /// # use std::time::Duration;
+    /// # let locks = redlease::LockManager::builder().node("redis://127.0.0.1:6379").build()?;
+    /// let lock = locks.lock("jobs:7", Duration::from_secs(3))?.keep_alive()?;
+    /// while !lock.is_lost() {
+    ///     // ... a step of a long job
+    ///     # break;
+    /// }
+    /// lock.check()?; // before committing its result
+    /// lock.release()?;
+    /// # Ok::<(), redlease::Error>(())
+    /// ```
+    ///
+    /// Fails with [`Error::LockLost`] if the lock is already lost (the guard
+    /// is then released), and with [`Error::Thread`] if the keeper thread
+    /// could not be started. Calling it on a kept-alive lock does nothing.
+    pub fn keep_alive(self) -> Result<Lock> {
+        self.keep(None)
+    }
+
+    /// [`keep_alive`](Lock::keep_alive), renewed for at most `max_hold` from
+    /// now (instead of the manager's default).
+    pub fn keep_alive_for(self, max_hold: Duration) -> Result<Lock> {
+        self.keep(Some(Some(max_hold)))
+    }
+
+    /// Whether the manager's keeper keeps this lock alive.
+    pub fn is_kept_alive(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Runs `f` once when the keeper reports the lock lost, on the keeper's
+    /// thread (keep it short: other locks' renewals wait for it), or at once
+    /// on this thread if it is lost already. Replaces an earlier callback;
+    /// never runs after release begins. Only kept-alive locks are watched:
+    /// on another lock it returns `Err(Error::InvalidArgument)`.
+    pub fn on_lost(&self, f: impl FnOnce() + Send + 'static) -> Result<()> {
+        match &self.lease {
+            Some(lease) => {
+                lease.on_lost(Box::new(f));
+                Ok(())
+            }
+            None => Err(Error::invalid(
+                "on_lost needs a kept-alive lock: call keep_alive() first",
+            )),
+        }
+    }
+
+    fn keep(mut self, max_hold: Option<Option<Duration>>) -> Result<Lock> {
+        if self.lease.is_some() {
+            return Ok(self);
+        }
+        if self.is_lost() {
+            self.give_up();
+            return Err(Error::LockLost);
+        }
+        let lease =
+            self.manager
+                .keep(&self.key, &self.token, self.ttl, self.valid_until, max_hold)?;
+        self.lease = Some(lease);
+        Ok(self)
     }
 
     /// Renews the lock for `ttl` from now, on a quorum. Blocks for one round
@@ -96,9 +221,38 @@ impl Lock {
             self.give_up();
             return Err(Error::LockLost);
         }
+        if let Some(lease) = &self.lease {
+            // The keeper must not renew in between: the lease's own lock is
+            // held across the round trip, and the validity it leaves is the
+            // lease's.
+            let mut outcome = Err(Error::LockLost);
+            let (manager, key, token) = (&self.manager, &self.key, &self.token);
+            let kept = lease.renew_with(ttl, || match manager.extend(key, token, ttl) {
+                Ok(valid_until) => {
+                    outcome = Ok(());
+                    (Some(valid_until), true)
+                }
+                Err(ExtendFailed {
+                    error,
+                    valid_until_at_most,
+                }) => {
+                    let lost = matches!(error, Error::LockLost | Error::ValidityExpired { .. });
+                    outcome = Err(error);
+                    let until = valid_until_at_most.map_or(lease.valid_until(), |at_most| {
+                        at_most.min(lease.valid_until())
+                    });
+                    ((!lost).then_some(until), false)
+                }
+            });
+            if kept {
+                self.ttl = ttl;
+            }
+            return outcome;
+        }
         match self.manager.extend(&self.key, &self.token, ttl) {
             Ok(valid_until) => {
                 self.valid_until = valid_until;
+                self.ttl = ttl;
                 Ok(())
             }
             Err(ExtendFailed {
@@ -146,7 +300,19 @@ impl Lock {
             return None;
         }
         self.done = true;
-        Some(self.manager.release(&self.key, &self.token))
+        let Some(lease) = self.lease.take() else {
+            return Some(self.manager.release(&self.key, &self.token));
+        };
+        // Releasing before anything is sent: the keeper renews no more.
+        let began = lease.begin_release();
+        let released = self.manager.release(&self.key, &self.token);
+        self.manager.finish_lease(lease);
+        Some(match began {
+            Began::Held => released,
+            // Reported lost: whatever was left is cleaned up, and the work
+            // was not protected.
+            Began::Lost => released.map(|_| false),
+        })
     }
 }
 
@@ -173,6 +339,7 @@ impl fmt::Debug for Lock {
             .field("token", &self.token)
             .field("remaining", &self.remaining())
             .field("attempts", &self.attempts)
+            .field("kept_alive", &self.lease.is_some())
             .finish()
     }
 }

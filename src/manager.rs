@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::builder::LockManagerBuilder;
 use crate::error::{Error, Result};
+use crate::keeper::{Keeper, LeaseRef};
 use crate::lock::Lock;
 use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum};
 use crate::retry::RetryPolicy;
@@ -42,7 +43,11 @@ pub struct LockManager {
 /// What every clone shares.
 #[derive(Debug)]
 struct Shared {
-    quorum: Quorum,
+    quorum: Arc<Quorum>,
+    /// Keeps locks alive on request; its thread starts with the first.
+    keeper: Keeper,
+    /// Default cap on how long a kept-alive lock is renewed.
+    max_hold: Option<Duration>,
     retry: RetryPolicy,
     limits: Limits,
     /// Waiters and the subscribers that wake them. Dropped with the last
@@ -87,10 +92,14 @@ impl LockManager {
         limits: Limits,
         fair: bool,
         io_timeout: Duration,
+        max_hold: Option<Duration>,
     ) -> LockManager {
         let wakeups = Wakeups::new(quorum.nodes(), fair);
+        let quorum = Arc::new(quorum);
         LockManager {
             shared: Arc::new(Shared {
+                keeper: Keeper::new(Arc::clone(&quorum)),
+                max_hold,
                 quorum,
                 retry,
                 limits,
@@ -231,7 +240,7 @@ impl LockManager {
                 // A lock handed over since the last look needs no attempt
                 // (which would only find it held, by the handed token).
                 if let Some(handed) = waiter.attempting() {
-                    break Waited::Got(self.handed(key, handed, attempts));
+                    break Waited::Got(self.handed(key, ttl, handed, attempts));
                 }
             }
             let how = match (fair, &waiter) {
@@ -274,7 +283,7 @@ impl LockManager {
                 Some(waiter) if wake => {
                     waiter.wait(until);
                     if let Some(handed) = waiter.take_handed() {
-                        break Waited::Got(self.handed(key, handed, attempts));
+                        break Waited::Got(self.handed(key, ttl, handed, attempts));
                     }
                 }
                 _ => std::thread::sleep(until.saturating_duration_since(Instant::now())),
@@ -288,7 +297,7 @@ impl LockManager {
                 Waited::Got(_) => {
                     let _ = self.shared.quorum.release(key, &handed.0);
                 }
-                _ => waited = Waited::Got(self.handed(key, handed, attempts)),
+                _ => waited = Waited::Got(self.handed(key, ttl, handed, attempts)),
             }
         }
         if let (Some(token), false) = (fair_token, matches!(waited, Waited::Got(_))) {
@@ -298,8 +307,14 @@ impl LockManager {
     }
 
     /// The guard for a lock another thread handed over.
-    fn handed(&self, key: &[u8], (token, valid_until): Handed, attempts: u32) -> Lock {
-        Lock::new(self.clone(), key, token, valid_until, attempts)
+    fn handed(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        (token, valid_until): Handed,
+        attempts: u32,
+    ) -> Lock {
+        Lock::new(self.clone(), key, token, ttl, valid_until, attempts)
     }
 
     /// One attempt; `attempt` counts from 1. `Ok(Err(retry_in))`: held by
@@ -322,6 +337,7 @@ impl LockManager {
                 self.clone(),
                 key,
                 token,
+                ttl,
                 valid_until,
                 attempt,
             ))),
@@ -337,6 +353,28 @@ impl LockManager {
         ttl: Duration,
     ) -> Result<Instant, ExtendFailed> {
         self.shared.quorum.extend(key, token, ttl)
+    }
+
+    /// Starts keeping a lock alive; for [`Lock::keep_alive`]. `max_hold`
+    /// overrides the manager's default cap.
+    pub(crate) fn keep(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        valid_until: Instant,
+        max_hold: Option<Option<Duration>>,
+    ) -> Result<LeaseRef> {
+        let hold = max_hold.unwrap_or(self.shared.max_hold);
+        let hold_until = hold.map(time::deadline_in);
+        self.shared
+            .keeper
+            .keep(key, token, ttl, valid_until, hold_until)
+    }
+
+    /// A kept-alive lock's holder is done with its lease.
+    pub(crate) fn finish_lease(&self, lease: LeaseRef) {
+        self.shared.keeper.finish(lease);
     }
 
     /// Releases a lock on the quorum; for [`Lock::release`] and its `Drop`.

@@ -68,6 +68,21 @@ pub(crate) enum Attempt {
     Fair { enqueue: bool },
 }
 
+/// What a batched renewal did for one of its locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Renewal {
+    /// Renewed on a quorum in time: valid until this instant.
+    Renewed(Instant),
+    /// A majority no longer holds it, or renewed it too late to count: the
+    /// lock is lost (the extend rule's `LockLost` and `ValidityExpired`).
+    Lost,
+    /// Undecided (too few nodes answered): by the extend rule, validity is
+    /// now at most this, when the renewal may have reached a node.
+    Undecided {
+        valid_until_at_most: Option<Instant>,
+    },
+}
+
 /// A failed extend, and what it leaves of the lock's validity.
 #[derive(Debug)]
 pub(crate) struct ExtendFailed {
@@ -364,6 +379,41 @@ impl Quorum {
             error,
             valid_until_at_most,
         })
+    }
+
+    /// Renews a batch of locks on every node in one round trip (the lease
+    /// keeper's `op`, an [`Op::ExtendMany`] whose lock `j` has TTL
+    /// `ttls[j]`), and says what it did for each by the rules of
+    /// [`extend`](Self::extend), so that the same invariant holds: a lock's
+    /// validity never exceeds what a majority could hold. `token` is any of
+    /// the batch's tokens (a round's clean-up would use it; a renewal has
+    /// none).
+    pub(crate) fn renew_many(
+        &self,
+        op: Op<'_>,
+        token: &Token,
+        ttls: &[Duration],
+        mut each: impl FnMut(usize, Renewal),
+    ) {
+        let round = self.round(op, b"", token);
+        let tally = round.tally();
+        let spare = self.nodes.len() - self.needed();
+        for (j, &ttl) in ttls.iter().enumerate() {
+            let renewed = round.renewed(j);
+            let yes = renewed.count_ones() as usize;
+            let no = (tally.yes & !renewed).count_ones() as usize;
+            let valid_until = self.valid_until(tally.start, ttl);
+            let outcome = if yes >= self.needed() && tally.end < valid_until {
+                Renewal::Renewed(valid_until)
+            } else if yes >= self.needed() || no > spare {
+                Renewal::Lost
+            } else {
+                Renewal::Undecided {
+                    valid_until_at_most: (tally.sent != 0).then_some(valid_until),
+                }
+            };
+            each(j, outcome);
+        }
     }
 
     /// The error for an undecided operation. With one node, that node's own

@@ -114,6 +114,9 @@ pub(crate) struct Round<'q> {
     /// Nodes whose request may have been applied but whose connection is
     /// gone: a clean-up must open another.
     orphans: Mask,
+    /// A batched renewal's answers, node by node (bit `j`: lock `j`
+    /// renewed there); empty for every other operation.
+    each: SmallVec<[u64; 8]>,
 }
 
 impl<'q> Round<'q> {
@@ -137,6 +140,7 @@ impl<'q> Round<'q> {
             tally: Tally::new(Instant::now()),
             resent: 0,
             orphans: 0,
+            each: SmallVec::new(),
         }
     }
 
@@ -186,6 +190,17 @@ impl<'q> Round<'q> {
         &self.tally
     }
 
+    /// For a batched renewal: the nodes that renewed lock `j` of the batch.
+    pub(crate) fn renewed(&self, j: usize) -> Mask {
+        let mut nodes = 0;
+        for (i, bits) in self.each.iter().enumerate() {
+            if bits & (1 << j) != 0 {
+                nodes |= 1 << i;
+            }
+        }
+        nodes
+    }
+
     /// The tally, once the connections are no longer needed.
     pub(crate) fn into_tally(self) -> Tally {
         self.tally
@@ -221,6 +236,15 @@ impl<'q> Round<'q> {
             let op = if resent { self.op.resent() } else { self.op };
             match conn.recv(deadline, had_time, |reply| op.interpret(reply)) {
                 Ok(Vote::Yes) => self.tally.yes |= 1 << i,
+                Ok(Vote::Each(bits)) => {
+                    // A node that answered a batch is in `yes`; what it
+                    // renewed is here.
+                    self.tally.yes |= 1 << i;
+                    if self.each.len() < self.nodes.len() {
+                        self.each.resize(self.nodes.len(), 0);
+                    }
+                    self.each[i] = bits;
+                }
                 Ok(Vote::No { held_ms }) => {
                     self.tally.no |= 1 << i;
                     if let Some(ms) = held_ms {

@@ -29,6 +29,24 @@ pub(crate) const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] the
 /// Never re-creates a missing key.
 pub(crate) const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
 
+/// Compare-and-pexpire for many keys at once (the lease keeper's batched
+/// renewal): KEYS are the locks, ARGV their tokens and TTLs in pairs.
+/// Replies with a bit mask: bit `i` set when `KEYS[i + 1]` still held its
+/// token and was renewed. At most [`RENEW_BATCH`] keys, so the mask is
+/// exact in Lua's numbers. Never re-creates a missing key.
+pub(crate) const EXTEND_MANY: &str = r#"local bits, bit = 0, 1
+for i = 1, #KEYS do
+  if redis.call("get", KEYS[i]) == ARGV[2 * i - 1] then
+    redis.call("pexpire", KEYS[i], ARGV[2 * i])
+    bits = bits + bit
+  end
+  bit = bit * 2
+end
+return bits"#;
+
+/// Most keys one [`EXTEND_MANY`] call renews.
+pub(crate) const RENEW_BATCH: usize = 32;
+
 /// Direct handoff to a waiting thread of the same manager: the key goes
 /// from our token (`ARGV[1]`) to the waiter's (`ARGV[2]`, for `ARGV[3]` ms)
 /// in one step, only if it still holds ours; it is never free in between,
@@ -146,10 +164,11 @@ pub(crate) struct Scripts {
     pub(crate) handoff: Script,
     pub(crate) fair_acquire: Script,
     pub(crate) fair_leave: Script,
+    pub(crate) extend_many: Script,
 }
 
 impl Scripts {
-    pub(crate) fn all(&self) -> [&Script; 6] {
+    pub(crate) fn all(&self) -> [&Script; 7] {
         [
             &self.release,
             &self.extend,
@@ -157,6 +176,7 @@ impl Scripts {
             &self.handoff,
             &self.fair_acquire,
             &self.fair_leave,
+            &self.extend_many,
         ]
     }
 }
@@ -173,6 +193,8 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     fair_acquire: Script::new(FAIR_ACQUIRE, 4, 11),
     // EVALSHA sha 4 key queue leases tickets token
     fair_leave: Script::new(FAIR_LEAVE, 4, 8),
+    // EVALSHA sha n key… (token ttl)…: the counts vary, see `encode_many`.
+    extend_many: Script::new(EXTEND_MANY, 0, 3),
 });
 
 /// `SET` with its 6 arguments' count, as RESP.
@@ -226,6 +248,10 @@ pub(crate) enum Op<'a> {
     Release,
     /// The extend script with a new TTL.
     Extend { ttl_ms: u64 },
+    /// The batched renewal of `keys` locks: `args` holds the keys, then
+    /// the (token, ttl) pairs, each a RESP bulk string (see
+    /// [`RenewArgs`]).
+    ExtendMany { keys: usize, args: &'a [u8] },
 }
 
 /// How a script travels.
@@ -246,6 +272,8 @@ pub(crate) enum Vote {
     /// Not: the key is held by another token, or is gone. `held_ms`, when
     /// the node said, is how long the holder's key still lives there.
     No { held_ms: Option<u64> },
+    /// A batched renewal's answer: bit `i` set for each lock renewed.
+    Each(u64),
 }
 
 impl Vote {
@@ -281,6 +309,7 @@ impl<'a> Op<'a> {
             Op::FairAcquire { .. } | Op::FairLeave => {
                 return self.encode_fair(buf, key, token, form);
             }
+            Op::ExtendMany { keys, args } => return encode_many(buf, keys, args, form),
         };
         // Four copies in all: the constant head, the key's length line, the
         // key, and everything after the key assembled on the stack.
@@ -360,9 +389,80 @@ impl<'a> Op<'a> {
                 })
             }
             (Op::FairLeave, Reply::Integer(_)) => Ok(Vote::Yes),
+            (Op::ExtendMany { keys, .. }, Reply::Integer(bits))
+                if bits >= 0 && (keys >= 63 || bits >> keys == 0) =>
+            {
+                Ok(Vote::Each(bits.unsigned_abs()))
+            }
+            (Op::ExtendMany { .. }, _) => {
+                Err(Failure::Protocol("unexpected reply to the renewal script"))
+            }
             (_, Reply::Integer(1)) => Ok(Vote::Yes),
             (_, Reply::Integer(0)) => Ok(Vote::NO),
             (_, _) => Err(Failure::Protocol("unexpected reply to the lock script")),
+        }
+    }
+}
+
+/// The batched renewal: the call's front (its argument count depends on
+/// the batch), then the arguments the keeper assembled.
+fn encode_many(buf: &mut BytesMut, keys: usize, args: &[u8], form: Form) {
+    let script = &SCRIPTS.extend_many;
+    let mut num = itoa::Buffer::new();
+    buf.reserve(64 + args.len());
+    buf.put_u8(b'*');
+    buf.put_slice(num.format(3 + 3 * keys).as_bytes());
+    buf.put_slice(b"\r\n");
+    match form {
+        Form::Sha => {
+            resp::put_bulk(buf, b"EVALSHA");
+            resp::put_bulk(buf, &script.sha);
+        }
+        Form::Source => {
+            resp::put_bulk(buf, b"EVAL");
+            resp::put_bulk(buf, script.source.as_bytes());
+        }
+    }
+    resp::put_bulk(buf, num.format(keys).as_bytes());
+    buf.put_slice(args);
+}
+
+/// The arguments of one batched renewal, assembled lock by lock into
+/// buffers that are cleared and reused, never freed.
+#[derive(Debug, Default)]
+pub(crate) struct RenewArgs {
+    keys: BytesMut,
+    pairs: BytesMut,
+    all: BytesMut,
+    count: usize,
+}
+
+impl RenewArgs {
+    pub(crate) fn clear(&mut self) {
+        self.keys.clear();
+        self.pairs.clear();
+        self.count = 0;
+    }
+
+    /// Adds one lock to renew for `ttl_ms`.
+    pub(crate) fn push(&mut self, key: &[u8], token: &Token, ttl_ms: u64) {
+        resp::put_bulk(&mut self.keys, key);
+        resp::put_bulk(&mut self.pairs, token.as_bytes());
+        resp::put_bulk(
+            &mut self.pairs,
+            itoa::Buffer::new().format(ttl_ms).as_bytes(),
+        );
+        self.count += 1;
+    }
+
+    /// The operation renewing every lock added since the last clear.
+    pub(crate) fn op(&mut self) -> Op<'_> {
+        self.all.clear();
+        self.all.extend_from_slice(&self.keys);
+        self.all.extend_from_slice(&self.pairs);
+        Op::ExtendMany {
+            keys: self.count,
+            args: &self.all,
         }
     }
 }

@@ -336,3 +336,110 @@ fn remaining_never_exceeds_what_a_majority_holds() {
         nodes.all(Mode::Pass);
     }
 }
+
+/// The invariant for kept-alive locks, renewed by the keeper in the
+/// background while random faults come and go: checked at random moments
+/// (a renewal may be under way) while the proxies' faults are still on,
+/// with a rival trying to get in each time.
+/// Steps are counted by `REDLEASE_INVARIANT_STEPS` too.
+#[test]
+fn kept_alive_remaining_never_exceeds_what_a_majority_holds() {
+    let seed = std::env::var("REDLEASE_INVARIANT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} (REDLEASE_INVARIANT_SEED={seed} replays it)");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for n in [1, 3] {
+        let nodes = Nodes::new(n, Duration::from_millis(40));
+        let mut held: Option<(Lock, Vec<u8>)> = None;
+        let key = b"kept";
+        let (mut grants, mut lost, mut checks) = (0, 0, 0);
+        for step in 0..steps() {
+            let mut longest_delay = Duration::ZERO;
+            for proxy in &nodes.proxies {
+                let mode = match rng.u32(0..100) {
+                    0..70 => Mode::Pass,
+                    70..85 => {
+                        let d = Duration::from_millis(rng.u64(1..=30));
+                        longest_delay = longest_delay.max(d);
+                        Mode::Delay(d)
+                    }
+                    85..93 => Mode::DropReplies,
+                    93..97 => Mode::Blackhole,
+                    _ => Mode::Refuse,
+                };
+                proxy.set(mode);
+            }
+            let paused = (rng.u32(0..100) < 10).then(|| rng.usize(0..n));
+            if let Some(i) = paused {
+                nodes.servers[i].signal("STOP");
+            }
+            let mut granted = None;
+            let action = match held.take() {
+                None => {
+                    let ttl = Duration::from_millis(rng.u64(60..600));
+                    let lock = nodes.locks.try_lock(key, ttl).ok().flatten();
+                    match lock.and_then(|l| l.keep_alive().ok()) {
+                        Some(lock) => {
+                            grants += 1;
+                            granted = Some(lock);
+                        }
+                        // Held by what an earlier release left behind, or
+                        // failed under the faults: give it time.
+                        None => thread::sleep(Duration::from_millis(rng.u64(0..100))),
+                    }
+                    format!("try_lock({ttl:?}).keep_alive()")
+                }
+                Some((mut lock, token)) => match rng.u32(0..10) {
+                    0..7 => {
+                        let nap = Duration::from_millis(rng.u64(0..200));
+                        thread::sleep(nap);
+                        if lock.is_lost() {
+                            lost += 1;
+                            let _ = lock.release();
+                        } else {
+                            held = Some((lock, token));
+                        }
+                        format!("kept alive for {nap:?}")
+                    }
+                    7 => {
+                        let ttl = Duration::from_millis(rng.u64(60..600));
+                        let result = lock.extend(ttl);
+                        let action = format!("extend({ttl:?}) = {result:?}");
+                        held = Some((lock, token));
+                        action
+                    }
+                    _ => {
+                        let _ = lock.release();
+                        "release".into()
+                    }
+                },
+            };
+            // The checks read the servers directly: a paused one would not
+            // answer. The proxies' faults stay on while the keeper renews.
+            if let Some(i) = paused {
+                nodes.servers[i].signal("CONT");
+            }
+            // A grant with almost no validity left may be gone from the
+            // servers before its token can be read: let it go.
+            if let Some(lock) = granted.filter(|l| l.remaining() > Duration::from_millis(30)) {
+                let token = nodes.token_of(&lock, key);
+                held = Some((lock, token));
+            }
+            if let Some((lock, token)) = &held {
+                let context = format!("n = {n}, step {step}, seed {seed}, {action}");
+                nodes.check(lock, key, token, &context);
+                nodes.rival_stays_out(lock, key, &context);
+                checks += 1;
+            }
+            thread::sleep(longest_delay);
+        }
+        drop(held);
+        println!(
+            "n = {n}: {grants} kept-alive grants, {lost} lost, invariant checked {checks} times"
+        );
+        assert!(grants > 0 && checks > 0, "n = {n}: the run tested nothing");
+        nodes.all(Mode::Pass);
+    }
+}

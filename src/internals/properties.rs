@@ -150,14 +150,21 @@ pub fn roundtrip(data: &[u8]) {
     let form = if full_script { Form::Source } else { Form::Sha };
     let enqueue = selector & 0x40 != 0;
     let to = Token::random().expect("os random source");
-    let op = match selector % 7 {
+    // The batched renewal: the key cut in two, renewed with both tokens.
+    let (left, right) = key.split_at(key.len() / 2);
+    let mut batch = crate::script::RenewArgs::default();
+    batch.push(left, &token, ttl_ms);
+    batch.push(right, &to, ttl_ms / 2);
+    let half_ttl = (ttl_ms / 2).to_string().into_bytes();
+    let op = match selector % 8 {
         0 => Op::Acquire { ttl_ms },
         1 => Op::Release,
         2 => Op::Extend { ttl_ms },
         3 => Op::AcquireOrPttl { ttl_ms },
         4 => Op::FairAcquire { ttl_ms, enqueue },
         5 => Op::Handoff { ttl_ms, to: &to },
-        _ => Op::FairLeave,
+        6 => Op::FairLeave,
+        _ => batch.op(),
     };
     let mut buf = BytesMut::new();
     op.encode(&mut buf, key, &token, form);
@@ -172,6 +179,7 @@ pub fn roundtrip(data: &[u8]) {
         Op::Handoff { .. } => &scripts.handoff,
         Op::FairAcquire { .. } => &scripts.fair_acquire,
         Op::FairLeave => &scripts.fair_leave,
+        Op::ExtendMany { .. } => &scripts.extend_many,
     };
     let (verb, first): (&[u8], &[u8]) = if full_script {
         (b"EVAL", script.source.as_bytes())
@@ -197,6 +205,17 @@ pub fn roundtrip(data: &[u8]) {
             }
             args
         }
+        Op::ExtendMany { .. } => vec![
+            verb,
+            first,
+            b"2",
+            left,
+            right,
+            t,
+            &ttl_text,
+            to.as_bytes(),
+            &half_ttl,
+        ],
     };
     let expected = RefReply::Array(
         expected

@@ -12,6 +12,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Counts every allocation, reallocation and zeroed allocation per thread,
 /// and the bytes they asked for.
@@ -22,7 +23,12 @@ thread_local! {
     static BYTES: Cell<u64> = const { Cell::new(0) };
 }
 
+/// Allocations on every thread: for measuring a background thread the test
+/// cannot run code on, in a process where nothing else runs meanwhile.
+static EVERYWHERE: AtomicU64 = AtomicU64::new(0);
+
 fn bump(size: usize) {
+    EVERYWHERE.fetch_add(1, Ordering::Relaxed);
     // `try_with`: the thread-locals may already be gone while a thread exits.
     let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
     let _ = BYTES.try_with(|n| n.set(n.get() + size as u64));
@@ -57,6 +63,11 @@ unsafe impl GlobalAlloc for CountingAllocator {
 /// `CountingAllocator` is the global allocator).
 pub fn allocations_so_far() -> u64 {
     ALLOCATIONS.with(Cell::get)
+}
+
+/// Allocations made on every thread so far.
+pub fn allocations_everywhere() -> u64 {
+    EVERYWHERE.load(Ordering::Relaxed)
 }
 
 /// Bytes allocated on this thread so far (reallocations count their new

@@ -1,0 +1,716 @@
+//! The lease keeper: one thread per manager that keeps locks alive while
+//! their holders work, and tells a holder when its lock is lost.
+//!
+//! A kept-alive lock has a short TTL (the time it takes the others to notice
+//! that its holder crashed) and is renewed about every third of it. The
+//! keeper keeps one timer heap for all of them and renews every lock that is
+//! due (or nearly) in one round trip per node, many locks per `EVALSHA` (the
+//! compare-and-pexpire batch script, which never re-creates a missing key).
+//!
+//! Each lease's state is one atomic word, tagged with the lease's generation
+//! (slots are reused, so a late word about an old lease is recognised and
+//! ignored):
+//!
+//! ```text
+//! held ──release()/drop──▶ releasing ──▶ released
+//!   │
+//!   └──keeper: lost on a majority, validity ran out unrenewed, max_hold──▶ lost
+//! ```
+//!
+//! Release moves a lease to *releasing* before it sends anything, and the
+//! keeper renews only leases it finds *held*; a renewal already in flight
+//! when the release starts can only pexpire a key that still holds our
+//! token, so a released lock is never brought back. The keeper never holds
+//! its table's mutex across a round trip.
+//!
+//! Invariant (the same as [`Lock::extend`](crate::Lock::extend)'s): a
+//! lease's validity never exceeds the TTL a majority of nodes could still
+//! hold. Renewals follow the extend rule (see `Quorum::renew_many`), and a
+//! lease's validity is only written with its data mutex held, across the
+//! round trip that justifies it, so the keeper and an explicit `extend`
+//! cannot interleave.
+//!
+//! Steady state allocates nothing: lease slots, the heap, the batch and its
+//! buffers are reused.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, JoinHandle, ThreadId};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
+use smallvec::SmallVec;
+
+use crate::error::Error;
+use crate::lock::INLINE_KEY;
+use crate::quorum::{Quorum, Renewal};
+use crate::script::{RENEW_BATCH, RenewArgs};
+use crate::time;
+use crate::token::Token;
+
+/// Lease states, in the low two bits of the state word; the generation is
+/// above them.
+const HELD: u64 = 0;
+const RELEASING: u64 = 1;
+const RELEASED: u64 = 2;
+const LOST: u64 = 3;
+const STATE_BITS: u64 = 0b11;
+
+/// How soon an undecided renewal is tried again, at the soonest.
+const RETRY_MIN: Duration = Duration::from_millis(5);
+
+/// What a holder may run when its lock is lost.
+pub(crate) type OnLost = Box<dyn FnOnce() + Send + 'static>;
+
+/// One kept-alive lock, as the keeper and its holder share it.
+pub(crate) struct Lease {
+    /// Where it sits in the keeper's table.
+    slot: u32,
+    /// Generation and state (see the module docs).
+    state: AtomicU64,
+    /// End of validity, in nanoseconds since `epoch`.
+    valid_until: AtomicU64,
+    /// When it is next due for renewal, in nanoseconds since `epoch`: heap
+    /// entries for other times are stale.
+    due: AtomicU64,
+    epoch: Instant,
+    /// What the renewal needs; held across each renewal's round trip.
+    data: Mutex<LeaseData>,
+    /// Signalled when the lease is lost or released.
+    ended: Condvar,
+}
+
+struct LeaseData {
+    key: SmallVec<[u8; INLINE_KEY]>,
+    token: Option<Token>,
+    ttl: Duration,
+    /// Renewal period: a third of the TTL.
+    period: Duration,
+    /// After this, renewal stops and the lease is reported lost.
+    hold_until: Option<Instant>,
+    on_lost: Option<OnLost>,
+}
+
+/// A holder's handle on its lease.
+pub(crate) struct LeaseRef {
+    lease: Arc<Lease>,
+    generation: u64,
+}
+
+/// What a release found when it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Began {
+    /// The lease was held: it is now releasing, and the keeper leaves it.
+    Held,
+    /// The keeper had reported it lost.
+    Lost,
+}
+
+/// The keeper of one manager: its table, and its thread once the first
+/// lease asks for it. Dropped with the manager, which stops the thread.
+pub(crate) struct Keeper {
+    core: Arc<Core>,
+    thread: Mutex<Option<(JoinHandle<()>, ThreadId)>>,
+}
+
+struct Core {
+    quorum: Arc<Quorum>,
+    epoch: Instant,
+    table: Mutex<Table>,
+    /// Signalled when the heap's first entry moves earlier, or on stop.
+    changed: Condvar,
+}
+
+struct Table {
+    /// Every lease slot ever made; reused, never freed before the keeper.
+    slots: Vec<Arc<Lease>>,
+    /// Slots released and free for reuse.
+    free: Vec<u32>,
+    /// (due in nanoseconds since the epoch, slot): the next renewals.
+    heap: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Per slot, the due time of its entry in the heap, if it has one. A
+    /// slot keeps one entry (a lease that is due later than its slot's
+    /// entry is put back when the entry comes up), so the heap never holds
+    /// more than about one entry per slot, however fast locks come and go.
+    queued: Vec<Option<u64>>,
+    stop: bool,
+}
+
+impl Lease {
+    fn new(slot: u32, epoch: Instant) -> Lease {
+        Lease {
+            slot,
+            state: AtomicU64::new(RELEASED),
+            valid_until: AtomicU64::new(0),
+            due: AtomicU64::new(u64::MAX),
+            epoch,
+            data: Mutex::new(LeaseData {
+                key: SmallVec::new(),
+                token: None,
+                ttl: Duration::ZERO,
+                period: Duration::ZERO,
+                hold_until: None,
+                on_lost: None,
+            }),
+            ended: Condvar::new(),
+        }
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        nanos(self.epoch, at)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.epoch + Duration::from_nanos(nanos)
+    }
+
+    fn valid_until(&self) -> Instant {
+        self.instant(self.valid_until.load(Ordering::Acquire))
+    }
+
+    /// Marks generation `generation` lost if it is still held; returns
+    /// whether it did.
+    fn mark_lost(&self, generation: u64) -> bool {
+        self.state
+            .compare_exchange(
+                word(generation, HELD),
+                word(generation, LOST),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+}
+
+fn word(generation: u64, state: u64) -> u64 {
+    generation << 2 | state
+}
+
+fn nanos(epoch: Instant, at: Instant) -> u64 {
+    // Cannot truncate for 584 years.
+    at.saturating_duration_since(epoch).as_nanos() as u64
+}
+
+impl LeaseRef {
+    fn state(&self) -> Option<u64> {
+        let word = self.lease.state.load(Ordering::Acquire);
+        (word >> 2 == self.generation).then_some(word & STATE_BITS)
+    }
+
+    /// How long the lock stays valid: zero once lost, released or expired.
+    pub(crate) fn remaining(&self) -> Duration {
+        match self.state() {
+            Some(HELD | RELEASING) => self
+                .lease
+                .valid_until()
+                .saturating_duration_since(Instant::now()),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// The end of validity as last recorded.
+    pub(crate) fn valid_until(&self) -> Instant {
+        self.lease.valid_until()
+    }
+
+    /// Whether the keeper reported the lock lost, or its validity ran out.
+    pub(crate) fn is_lost(&self) -> bool {
+        self.remaining().is_zero()
+    }
+
+    /// Blocks until the lock is lost or `timeout` passes; says whether it
+    /// is lost.
+    pub(crate) fn wait_lost(&self, timeout: Duration) -> bool {
+        let deadline = time::deadline_in(timeout);
+        let mut data = self.lease.data.lock();
+        loop {
+            if self.is_lost() {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            // Validity may run out without a word from the keeper (a
+            // renewal still under way): look again then.
+            let until = deadline.min(self.lease.valid_until().max(now));
+            self.lease.ended.wait_until(&mut data, until);
+        }
+    }
+
+    /// Runs `f` when the lock is lost (on the keeper's thread), or now if
+    /// it is lost already. Replaces an earlier one.
+    pub(crate) fn on_lost(&self, f: OnLost) {
+        let mut data = self.lease.data.lock();
+        if self.state() == Some(HELD) {
+            data.on_lost = Some(f);
+            return;
+        }
+        drop(data);
+        if self.is_lost() {
+            f();
+        }
+    }
+
+    /// Release begins: the keeper leaves the lease alone from now on.
+    pub(crate) fn begin_release(&self) -> Began {
+        match self.lease.state.compare_exchange(
+            word(self.generation, HELD),
+            word(self.generation, RELEASING),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => Began::Held,
+            Err(_) => Began::Lost,
+        }
+    }
+
+    /// Runs an explicit renewal: `renew` does the round trip, with the
+    /// lease's data held so that the keeper cannot renew in between, and
+    /// returns the validity to record (the extend rule's) or `None` when
+    /// the lock is lost; `ttl` becomes the lease's TTL when it is renewed.
+    pub(crate) fn renew_with(
+        &self,
+        ttl: Duration,
+        renew: impl FnOnce() -> (Option<Instant>, bool),
+    ) -> bool {
+        let mut data = self.lease.data.lock();
+        if self.state() != Some(HELD) {
+            return false;
+        }
+        let (valid_until, renewed) = renew();
+        match valid_until {
+            Some(until) => {
+                self.lease
+                    .valid_until
+                    .store(self.lease.nanos(until), Ordering::Release);
+                if renewed {
+                    data.ttl = ttl;
+                    data.period = period(ttl);
+                }
+                true
+            }
+            None => {
+                let on_lost = self
+                    .lease
+                    .mark_lost(self.generation)
+                    .then(|| data.on_lost.take())
+                    .flatten();
+                drop(data);
+                self.lease.ended.notify_all();
+                if let Some(f) = on_lost {
+                    run_on_lost(f);
+                }
+                false
+            }
+        }
+    }
+}
+
+impl fmt::Debug for LeaseRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseRef")
+            .field("slot", &self.lease.slot)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+/// A third of the TTL, and at least a millisecond.
+fn period(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(1))
+}
+
+/// Runs a holder's callback; a panic in it must not stop the keeper.
+fn run_on_lost(f: OnLost) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err() {
+        log::error!("redlease: an on_lost callback panicked");
+    }
+}
+
+impl Keeper {
+    pub(crate) fn new(quorum: Arc<Quorum>) -> Keeper {
+        let epoch = Instant::now();
+        Keeper {
+            core: Arc::new(Core {
+                quorum,
+                epoch,
+                table: Mutex::new(Table {
+                    slots: Vec::new(),
+                    free: Vec::new(),
+                    heap: BinaryHeap::new(),
+                    queued: Vec::new(),
+                    stop: false,
+                }),
+                changed: Condvar::new(),
+            }),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts keeping a lock alive: renewed for `ttl` about every third of
+    /// it, from validity `valid_until`, until released, lost, or
+    /// `hold_until`. Starts the keeper's thread the first time.
+    pub(crate) fn keep(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+        valid_until: Instant,
+        hold_until: Option<Instant>,
+    ) -> Result<LeaseRef, Error> {
+        self.start()?;
+        let core = &*self.core;
+        let mut table = core.table.lock();
+        // A free slot the keeper is not in the middle of renewing (it holds
+        // the data of the leases in its batch), else a new one.
+        let lease = match table
+            .free
+            .iter()
+            .rposition(|&slot| !table.slots[slot as usize].data.is_locked())
+        {
+            Some(at) => {
+                let slot = table.free.swap_remove(at);
+                Arc::clone(&table.slots[slot as usize])
+            }
+            None => {
+                let slot = u32::try_from(table.slots.len())
+                    .map_err(|_| Error::invalid("too many kept-alive locks"))?;
+                let lease = Arc::new(Lease::new(slot, core.epoch));
+                table.slots.push(Arc::clone(&lease));
+                table.queued.push(None);
+                // Room for every slot's entry and its place on the free
+                // list, made as the table grows, never in steady state.
+                table.heap.reserve(2);
+                let more = table.slots.len() - table.free.len();
+                table.free.reserve(more);
+                lease
+            }
+        };
+        let now = Instant::now();
+        let period = period(ttl);
+        let generation = {
+            let mut data = lease.data.lock();
+            data.key.clear();
+            data.key.extend_from_slice(key);
+            data.token = Some(*token);
+            data.ttl = ttl;
+            data.period = period;
+            data.hold_until = hold_until;
+            data.on_lost = None;
+            lease
+                .valid_until
+                .store(lease.nanos(valid_until), Ordering::Release);
+            let generation = (lease.state.load(Ordering::Acquire) >> 2) + 1;
+            lease.state.store(word(generation, HELD), Ordering::Release);
+            generation
+        };
+        let due = lease.nanos(next_due(now + period, hold_until));
+        lease.due.store(due, Ordering::Release);
+        let first = table.heap.peek().is_none_or(|&Reverse((d, _))| due < d);
+        table.queue(lease.slot, due);
+        drop(table);
+        if first {
+            core.changed.notify_one();
+        }
+        Ok(LeaseRef { lease, generation })
+    }
+
+    /// A lease's holder is done with it (released, or dropped after loss):
+    /// its slot is free again.
+    pub(crate) fn finish(&self, lease: LeaseRef) {
+        let LeaseRef { lease, generation } = lease;
+        lease
+            .state
+            .store(word(generation, RELEASED), Ordering::Release);
+        lease.ended.notify_all();
+        self.core.table.lock().free.push(lease.slot);
+    }
+
+    fn start(&self) -> Result<(), Error> {
+        let mut thread = self.thread.lock();
+        if thread.is_some() {
+            return Ok(());
+        }
+        let core = Arc::clone(&self.core);
+        let handle = thread::Builder::new()
+            .name("redlease-keeper".into())
+            .spawn(move || core.run())
+            .map_err(|e| Error::Thread(format!("cannot start the lease keeper: {e}").into()))?;
+        let id = handle.thread().id();
+        *thread = Some((handle, id));
+        Ok(())
+    }
+}
+
+impl Drop for Keeper {
+    fn drop(&mut self) {
+        self.core.table.lock().stop = true;
+        self.core.changed.notify_all();
+        if let Some((handle, id)) = self.thread.lock().take() {
+            // The last manager may be dropped by a callback on the keeper's
+            // own thread: that thread ends by itself once it returns.
+            if id != thread::current().id() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let table = self.core.table.lock();
+        f.debug_struct("Keeper")
+            .field("slots", &table.slots.len())
+            .field("free", &table.free.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// When a lease renewed now is next due: a period later, or at its hold
+/// limit if that comes first.
+fn next_due(after_period: Instant, hold_until: Option<Instant>) -> Instant {
+    hold_until.map_or(after_period, |hold| hold.min(after_period))
+}
+
+/// A lease taken into a batch, with the generation its data was read for.
+struct Taken<'a> {
+    lease: &'a Lease,
+    generation: u64,
+    data: MutexGuard<'a, LeaseData>,
+}
+
+/// What the keeper's thread reuses from one batch to the next.
+struct Work {
+    batch: Vec<Arc<Lease>>,
+    args: RenewArgs,
+    ttls: SmallVec<[Duration; RENEW_BATCH]>,
+    outcomes: SmallVec<[Option<Renewal>; RENEW_BATCH]>,
+    /// (slot, due) to put back in the heap.
+    next: SmallVec<[(u32, u64); RENEW_BATCH]>,
+}
+
+impl Table {
+    /// Makes sure `slot` comes up in the heap by `due`.
+    fn queue(&mut self, slot: u32, due: u64) {
+        let queued = &mut self.queued[slot as usize];
+        if queued.is_some_and(|at| at <= due) {
+            return;
+        }
+        *queued = Some(due);
+        self.heap.push(Reverse((due, slot)));
+    }
+}
+
+impl Core {
+    fn run(&self) {
+        let mut work = Work {
+            batch: Vec::with_capacity(RENEW_BATCH),
+            args: RenewArgs::default(),
+            ttls: SmallVec::new(),
+            outcomes: SmallVec::new(),
+            next: SmallVec::new(),
+        };
+        let mut table = self.table.lock();
+        while !table.stop {
+            let now = Instant::now();
+            self.take_due(&mut table, now, &mut work.batch);
+            if work.batch.is_empty() {
+                match table.heap.peek() {
+                    Some(&Reverse((due, _))) => {
+                        let until = self.epoch + Duration::from_nanos(due);
+                        self.changed.wait_until(&mut table, until);
+                    }
+                    None => self.changed.wait(&mut table),
+                }
+                continue;
+            }
+            MutexGuard::unlocked(&mut table, || {
+                self.renew(&mut work);
+            });
+            work.batch.clear();
+            for &(slot, due) in &work.next {
+                table.queue(slot, due);
+            }
+        }
+    }
+
+    /// Takes the leases due now, and those due within a quarter period
+    /// after (renewing a little early lets renewals share round trips),
+    /// up to a batch.
+    fn take_due(&self, table: &mut Table, now: Instant, batch: &mut Vec<Arc<Lease>>) {
+        let now_ns = nanos(self.epoch, now);
+        let mut horizon = now_ns;
+        while batch.len() < RENEW_BATCH {
+            let Some(&Reverse((due, slot))) = table.heap.peek() else {
+                break;
+            };
+            if due > horizon {
+                break;
+            }
+            table.heap.pop();
+            if table.queued[slot as usize] != Some(due) {
+                // A later entry of a slot that also has an earlier one.
+                continue;
+            }
+            table.queued[slot as usize] = None;
+            let lease = Arc::clone(&table.slots[slot as usize]);
+            if lease.state.load(Ordering::Acquire) & STATE_BITS != HELD {
+                continue;
+            }
+            let wanted = lease.due.load(Ordering::Acquire);
+            if wanted > horizon {
+                // Its slot's entry came up, but this lease is due later.
+                table.queue(slot, wanted);
+                continue;
+            }
+            if batch.is_empty()
+                && let Some(data) = lease.data.try_lock()
+            {
+                horizon = now_ns.saturating_add((data.period / 4).as_nanos() as u64);
+            }
+            batch.push(lease);
+        }
+    }
+
+    /// Renews one batch, records what happened to each lease, and leaves
+    /// in `work.next` when each still-held lease is due again.
+    fn renew(&self, work: &mut Work) {
+        work.next.clear();
+        work.args.clear();
+        work.ttls.clear();
+        let began = Instant::now();
+        // Callbacks run once every lease's data is let go: a callback that
+        // touches another lock of this batch must not find it held here.
+        let mut callbacks: SmallVec<[OnLost; 2]> = SmallVec::new();
+        let mut taken: SmallVec<[Taken<'_>; RENEW_BATCH]> = SmallVec::new();
+        for lease in &work.batch {
+            // A lease whose data is busy (an explicit extend under way) is
+            // renewed by that; look again shortly.
+            let Some(data) = lease.data.try_lock() else {
+                work.next
+                    .push((lease.slot, self.reschedule(lease, began + RETRY_MIN)));
+                continue;
+            };
+            let word = lease.state.load(Ordering::Acquire);
+            if word & STATE_BITS != HELD {
+                continue;
+            }
+            let generation = word >> 2;
+            if data.hold_until.is_some_and(|hold| began >= hold) {
+                log::warn!(
+                    "redlease: lock on {} held past its max_hold: no longer kept alive, reported lost",
+                    data.key.escape_ascii()
+                );
+                callbacks.extend(self.lose(lease, generation, data, false));
+                continue;
+            }
+            let Some(token) = &data.token else { continue };
+            work.args.push(&data.key, token, millis(data.ttl));
+            work.ttls.push(data.ttl);
+            taken.push(Taken {
+                lease,
+                generation,
+                data,
+            });
+        }
+        if taken.is_empty() {
+            drop(taken);
+            for f in callbacks {
+                run_on_lost(f);
+            }
+            return;
+        }
+        let token = taken[0].data.token.expect("a taken lease has a token");
+        work.outcomes.clear();
+        work.outcomes.resize(taken.len(), None);
+        let outcomes = &mut work.outcomes;
+        let op = work.args.op();
+        self.quorum
+            .renew_many(op, &token, &work.ttls, |j, outcome| {
+                outcomes[j] = Some(outcome)
+            });
+        let now = Instant::now();
+        for (t, outcome) in taken.into_iter().zip(work.outcomes.iter()) {
+            let Taken {
+                lease,
+                generation,
+                data,
+            } = t;
+            let period = data.period;
+            let hold_until = data.hold_until;
+            let valid_until = match outcome {
+                Some(Renewal::Renewed(until)) => Some((*until, began + period)),
+                Some(Renewal::Undecided {
+                    valid_until_at_most,
+                }) => {
+                    // The extend rule: never longer than before, nor than
+                    // the renewal could have set.
+                    let until = valid_until_at_most.map_or(lease.valid_until(), |at_most| {
+                        at_most.min(lease.valid_until())
+                    });
+                    let left = until.saturating_duration_since(now);
+                    (!left.is_zero()).then(|| (until, now + (left / 3).clamp(RETRY_MIN, period)))
+                }
+                Some(Renewal::Lost) | None => None,
+            };
+            match valid_until {
+                Some((until, due)) => {
+                    lease
+                        .valid_until
+                        .store(lease.nanos(until), Ordering::Release);
+                    drop(data);
+                    let due = next_due(due, hold_until);
+                    work.next.push((lease.slot, self.reschedule(lease, due)));
+                }
+                None => {
+                    log::warn!(
+                        "redlease: kept-alive lock on {} lost",
+                        data.key.escape_ascii()
+                    );
+                    callbacks.extend(self.lose(lease, generation, data, true));
+                }
+            }
+        }
+        for f in callbacks {
+            run_on_lost(f);
+        }
+    }
+
+    fn reschedule(&self, lease: &Lease, due: Instant) -> u64 {
+        let due = lease.nanos(due);
+        lease.due.store(due, Ordering::Release);
+        due
+    }
+
+    /// Reports a lease lost: its state and its waiters; with `clean_up`,
+    /// whatever is left of it on the nodes is released (its holder cannot
+    /// use it any more, and others should not wait for its TTL). Returns
+    /// its callback, for the caller to run.
+    fn lose(
+        &self,
+        lease: &Lease,
+        generation: u64,
+        mut data: MutexGuard<'_, LeaseData>,
+        clean_up: bool,
+    ) -> Option<OnLost> {
+        if !lease.mark_lost(generation) {
+            return None;
+        }
+        let on_lost = data.on_lost.take();
+        if clean_up && let Some(token) = &data.token {
+            let _ = self.quorum.release(&data.key, token);
+        }
+        drop(data);
+        lease.ended.notify_all();
+        on_lost
+    }
+}
+
+fn millis(ttl: Duration) -> u64 {
+    // Cannot truncate: TTLs are capped far below u64::MAX milliseconds.
+    ttl.as_millis() as u64
+}
