@@ -34,6 +34,9 @@ pub struct Lock {
     valid_until: Instant,
     /// Set while the manager's keeper keeps the lock alive.
     lease: Option<LeaseRef>,
+    /// Fencing mode: the fence, and whether it is safe to use yet (over a
+    /// quorum it must first be written back to a majority).
+    fence: Option<(u64, bool)>,
     /// Attempts it took to acquire.
     attempts: u32,
     /// Set once the lock is known not to be ours any more, or was released:
@@ -49,7 +52,9 @@ impl Lock {
         ttl: Duration,
         valid_until: Instant,
         attempts: u32,
+        fence: Option<u64>,
     ) -> Lock {
+        let one_node = manager.nodes() == 1;
         Lock {
             manager,
             key: SmallVec::from_slice(key),
@@ -57,6 +62,7 @@ impl Lock {
             ttl,
             valid_until,
             lease: None,
+            fence: fence.map(|f| (f, one_node)),
             attempts,
             done: false,
         }
@@ -120,6 +126,52 @@ impl Lock {
                 self.is_lost()
             }
         }
+    }
+
+    /// The lock's fencing token: a number that strictly increases from one
+    /// holder of this key to the next, for the protected resource to check
+    /// (it refuses writes carrying a fence lower than one it has seen), so
+    /// that a holder paused past its validity (GC, swap, SIGSTOP) cannot
+    /// do harm when it wakes up. Needs
+    /// [`fencing`](crate::LockManagerBuilder::fencing) on the manager.
+    ///
+    /// With one node it comes with the acquisition and costs nothing. Over
+    /// a quorum the first call writes it back to a majority of the nodes
+    /// (one round trip; see the README for why the highest counter alone
+    /// would not be monotonic), and later calls cost nothing.
+    ///
+    /// Errors: [`Error::InvalidArgument`] when fencing is off;
+    /// [`Error::LockLost`] when the lock is no longer ours on a majority,
+    /// or its validity ran out before the write-back was confirmed; other
+    /// errors when too few nodes answered (the fence is then not safe to
+    /// use, and calling again may confirm it).
+    pub fn fence(&mut self) -> Result<u64> {
+        let Some((fence, confirmed)) = self.fence else {
+            return Err(Error::invalid(
+                "no fence: build the manager with .fencing(true)",
+            ));
+        };
+        if confirmed {
+            return Ok(fence);
+        }
+        if self.is_lost() {
+            return Err(Error::LockLost);
+        }
+        let valid_until = match &self.lease {
+            Some(lease) => lease.valid_until(),
+            None => self.valid_until,
+        };
+        self.manager
+            .confirm_fence(&self.key, &self.token, fence, valid_until)?;
+        self.fence = Some((fence, true));
+        Ok(fence)
+    }
+
+    /// The fence as the acquisition found it, before any write-back: for
+    /// the test that shows why the write-back is needed.
+    #[cfg(feature = "internals")]
+    pub(crate) fn unconfirmed_fence(&self) -> Option<u64> {
+        self.fence.map(|(fence, _)| fence)
     }
 
     /// Keeps the lock alive in the background until it is released or

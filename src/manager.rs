@@ -55,6 +55,8 @@ struct Shared {
     wakeups: Wakeups,
     /// First come, first served (one node only).
     fair: bool,
+    /// Every lock gets a fencing token.
+    fencing: bool,
     io_timeout: Duration,
 }
 
@@ -93,6 +95,7 @@ impl LockManager {
         fair: bool,
         io_timeout: Duration,
         max_hold: Option<Duration>,
+        fencing: bool,
     ) -> LockManager {
         let wakeups = Wakeups::new(quorum.nodes(), fair);
         let quorum = Arc::new(quorum);
@@ -100,6 +103,7 @@ impl LockManager {
             shared: Arc::new(Shared {
                 keeper: Keeper::new(Arc::clone(&quorum)),
                 max_hold,
+                fencing,
                 quorum,
                 retry,
                 limits,
@@ -137,6 +141,8 @@ impl LockManager {
         let how = if self.shared.fair {
             // Fair: only when no one is queued.
             Attempt::Fair { enqueue: false }
+        } else if self.shared.fencing {
+            Attempt::Fenced { waiting: false }
         } else {
             Attempt::Plain
         };
@@ -245,6 +251,9 @@ impl LockManager {
             }
             let how = match (fair, &waiter) {
                 (true, _) => Attempt::Fair { enqueue: true },
+                _ if self.shared.fencing => Attempt::Fenced {
+                    waiting: waiter.is_some(),
+                },
                 (false, Some(_)) => Attempt::Waiting,
                 (false, None) => Attempt::Plain,
             };
@@ -314,7 +323,7 @@ impl LockManager {
         (token, valid_until): Handed,
         attempts: u32,
     ) -> Lock {
-        Lock::new(self.clone(), key, token, ttl, valid_until, attempts)
+        Lock::new(self.clone(), key, token, ttl, valid_until, attempts, None)
     }
 
     /// One attempt; `attempt` counts from 1. `Ok(Err(retry_in))`: held by
@@ -333,13 +342,14 @@ impl LockManager {
             None => Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?,
         };
         match self.shared.quorum.acquire(key, &token, ttl, how)? {
-            Acquired::Granted { valid_until } => Ok(Ok(Lock::new(
+            Acquired::Granted { valid_until, fence } => Ok(Ok(Lock::new(
                 self.clone(),
                 key,
                 token,
                 ttl,
                 valid_until,
                 attempt,
+                fence,
             ))),
             Acquired::Held { retry_in } => Ok(Err(retry_in)),
         }
@@ -372,6 +382,19 @@ impl LockManager {
             .keep(key, token, ttl, valid_until, hold_until)
     }
 
+    /// Confirms a fence over the quorum; for [`Lock::fence`].
+    pub(crate) fn confirm_fence(
+        &self,
+        key: &[u8],
+        token: &Token,
+        fence: u64,
+        valid_until: Instant,
+    ) -> Result<()> {
+        self.shared
+            .quorum
+            .confirm_fence(key, token, fence, valid_until)
+    }
+
     /// A kept-alive lock's holder is done with its lease.
     pub(crate) fn finish_lease(&self, lease: LeaseRef) {
         self.shared.keeper.finish(lease);
@@ -383,7 +406,12 @@ impl LockManager {
     /// released, and a waiter of this manager is woken at once.
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool> {
         let shared = &*self.shared;
-        if let Some(handoff) = shared.wakeups.claim(key) {
+        // A lock handed over would come without a fence of its own: in
+        // fencing mode waiters are woken and take it themselves.
+        let handoff = (!shared.fencing)
+            .then(|| shared.wakeups.claim(key))
+            .flatten();
+        if let Some(handoff) = handoff {
             // No fresh token, no handoff: `handoff` delivers nothing when
             // dropped, and the waiter tries by itself.
             if let Ok(theirs) = Token::random() {

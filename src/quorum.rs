@@ -38,8 +38,12 @@ pub(crate) struct Quorum {
 /// Outcome of an acquisition attempt that reached a decision.
 #[derive(Debug)]
 pub(crate) enum Acquired {
-    /// Ours on a quorum, valid until this instant.
-    Granted { valid_until: Instant },
+    /// Ours on a quorum, valid until this instant; in fencing mode, the
+    /// highest fence the granting nodes gave (see [`Quorum::confirm_fence`]).
+    Granted {
+        valid_until: Instant,
+        fence: Option<u64>,
+    },
     /// Held by another owner on enough nodes that no quorum was possible;
     /// `retry_in`, when the nodes said, is when the first of those keys
     /// expires.
@@ -66,6 +70,8 @@ pub(crate) enum Attempt {
     Waiting,
     /// Fair mode: by the queue; `enqueue` to join it if not granted.
     Fair { enqueue: bool },
+    /// Fencing mode: also takes a fence; `waiting` as for `Waiting`.
+    Fenced { waiting: bool },
 }
 
 /// What a batched renewal did for one of its locks.
@@ -249,12 +255,17 @@ impl Quorum {
             Attempt::Plain => Op::Acquire { ttl_ms },
             Attempt::Waiting => Op::AcquireOrPttl { ttl_ms },
             Attempt::Fair { enqueue } => Op::FairAcquire { ttl_ms, enqueue },
+            Attempt::Fenced { waiting } => Op::FencedAcquire {
+                ttl_ms,
+                pttl: waiting,
+            },
         };
         let round = self.round(op, key, token);
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
-            return Ok(Acquired::Granted { valid_until });
+            let fence = matches!(attempt, Attempt::Fenced { .. }).then_some(tally.fence);
+            return Ok(Acquired::Granted { valid_until, fence });
         }
         // Failed and timed-out nodes are cleaned too: the SET may have
         // arrived even though its reply did not.
@@ -309,6 +320,47 @@ impl Quorum {
             release
         };
         HandedOff::Failed { released }
+    }
+
+    /// Makes `fence`, the highest counter a lock's granting nodes gave,
+    /// safe to use over a quorum: writes it back to every node, each write
+    /// conditional on the key still holding our token there, and succeeds
+    /// when a majority took it while the lock is still valid (before
+    /// `valid_until`). With one node the counter is the fence already.
+    ///
+    /// Why the maximum alone is not enough, and why this is: counters drift
+    /// apart through partial attempts (counters 100, 5, 5: A wins nodes 1
+    /// and 2 and gets 101; B, later, wins 2 and 3 and would get 6). After
+    /// the write-back, a majority W holds a counter ≥ A's fence, written
+    /// while A's key was there. Any later holder B wins a majority, which
+    /// meets W on some node j; B's `SET NX` on j came after A's key left j
+    /// (it was there at the write-back, and a node holds one key), so B's
+    /// increment on j comes after A's write-back and exceeds A's fence, and
+    /// so does B's maximum. Assumes nodes keep their counters, as Redlock
+    /// assumes they keep keys (and the counters follow the servers'
+    /// clocks, see the acquisition script).
+    pub(crate) fn confirm_fence(
+        &self,
+        key: &[u8],
+        token: &Token,
+        fence: u64,
+        valid_until: Instant,
+    ) -> Result<(), Error> {
+        if self.nodes.len() == 1 {
+            return Ok(());
+        }
+        let round = self.round(Op::FenceWrite { fence }, key, token);
+        let tally = round.tally();
+        if tally.yes_count() >= self.needed() && tally.end < valid_until {
+            Ok(())
+        } else if tally.yes_count() >= self.needed()
+            || tally.no_count() > self.nodes.len() - self.needed()
+        {
+            // Confirmed too late to use, or no longer ours on a majority.
+            Err(Error::LockLost)
+        } else {
+            Err(self.no_quorum(round.into_tally()))
+        }
     }
 
     /// Fair mode: leaves the queue (a waiter giving up), best effort; the

@@ -61,6 +61,8 @@ pub(crate) struct Tally {
     /// The shortest time a node that said no still holds the key for
     /// another owner, when nodes said (waiters' attempts ask).
     pub(crate) held_ms: Option<u64>,
+    /// The highest fence a node that granted gave (fencing mode), else 0.
+    pub(crate) fence: u64,
     /// Nodes whose request was written whole: it may have been applied,
     /// whatever (if anything) came back.
     pub(crate) sent: Mask,
@@ -78,6 +80,7 @@ impl Tally {
             yes: 0,
             no: 0,
             held_ms: None,
+            fence: 0,
             sent: 0,
             first_failure: None,
             start: now,
@@ -236,6 +239,10 @@ impl<'q> Round<'q> {
             let op = if resent { self.op.resent() } else { self.op };
             match conn.recv(deadline, had_time, |reply| op.interpret(reply)) {
                 Ok(Vote::Yes) => self.tally.yes |= 1 << i,
+                Ok(Vote::Fenced(fence)) => {
+                    self.tally.yes |= 1 << i;
+                    self.tally.fence = self.tally.fence.max(fence);
+                }
                 Ok(Vote::Each(bits)) => {
                     // A node that answered a batch is in `yes`; what it
                     // renewed is here.

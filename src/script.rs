@@ -44,6 +44,41 @@ for i = 1, #KEYS do
 end
 return bits"#;
 
+/// An acquisition with a fencing token (fencing mode): `SET NX PX`, and
+/// when granted, the key's fence counter (`KEYS[2]`, no TTL) goes up by one
+/// — and to the server's clock in microseconds if that is ahead, so that a
+/// counter lost with a server's data cannot go backwards while its clock
+/// does not. Replies `+<fence>` when granted, or when the key already holds
+/// our token (an acquisition sent again: the counter as it is); else, when
+/// `ARGV[3]` is 1, the holder's PTTL, or nil.
+pub(crate) const FENCED_ACQUIRE: &str = r#"if redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) then
+  local t = redis.call("time")
+  local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local fence = redis.call("incr", KEYS[2])
+  if fence < now then
+    fence = now
+    redis.call("set", KEYS[2], string.format("%.0f", fence))
+  end
+  return redis.status_reply(string.format("%.0f", fence))
+end
+if redis.call("get", KEYS[1]) == ARGV[1] then
+  return redis.status_reply(string.format("%.0f", tonumber(redis.call("get", KEYS[2]) or "0")))
+end
+if ARGV[3] == "1" then return redis.call("pttl", KEYS[1]) end
+return false"#;
+
+/// The fence write-back (fencing over a quorum): raises the key's fence
+/// counter to `ARGV[2]` only while the key holds our token (`ARGV[1]`).
+/// Replies 1 when the key was ours, else 0.
+pub(crate) const FENCE_WRITE: &str = r#"if redis.call("get", KEYS[1]) ~= ARGV[1] then return 0 end
+if tonumber(redis.call("get", KEYS[2]) or "0") < tonumber(ARGV[2]) then
+  redis.call("set", KEYS[2], ARGV[2])
+end
+return 1"#;
+
+/// The suffix of a key's fence counter, after the lock's key.
+pub(crate) const FENCE_SUFFIX: &[u8] = b":redlease:fence";
+
 /// Most keys one [`EXTEND_MANY`] call renews.
 pub(crate) const RENEW_BATCH: usize = 32;
 
@@ -165,10 +200,12 @@ pub(crate) struct Scripts {
     pub(crate) fair_acquire: Script,
     pub(crate) fair_leave: Script,
     pub(crate) extend_many: Script,
+    pub(crate) fenced_acquire: Script,
+    pub(crate) fence_write: Script,
 }
 
 impl Scripts {
-    pub(crate) fn all(&self) -> [&Script; 7] {
+    pub(crate) fn all(&self) -> [&Script; 9] {
         [
             &self.release,
             &self.extend,
@@ -177,6 +214,8 @@ impl Scripts {
             &self.fair_acquire,
             &self.fair_leave,
             &self.extend_many,
+            &self.fenced_acquire,
+            &self.fence_write,
         ]
     }
 }
@@ -195,6 +234,10 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     fair_leave: Script::new(FAIR_LEAVE, 4, 8),
     // EVALSHA sha n key… (token ttl)…: the counts vary, see `encode_many`.
     extend_many: Script::new(EXTEND_MANY, 0, 3),
+    // EVALSHA sha 2 key fence-key token ttl want-pttl
+    fenced_acquire: Script::new(FENCED_ACQUIRE, 2, 8),
+    // EVALSHA sha 2 key fence-key token fence
+    fence_write: Script::new(FENCE_WRITE, 2, 7),
 });
 
 /// `SET` with its 6 arguments' count, as RESP.
@@ -252,6 +295,11 @@ pub(crate) enum Op<'a> {
     /// the (token, ttl) pairs, each a RESP bulk string (see
     /// [`RenewArgs`]).
     ExtendMany { keys: usize, args: &'a [u8] },
+    /// Fencing mode's acquisition; `pttl`: a waiter's, which also learns
+    /// how long the holder keeps the key.
+    FencedAcquire { ttl_ms: u64, pttl: bool },
+    /// The fence write-back: the key's counter up to `fence`, if ours.
+    FenceWrite { fence: u64 },
 }
 
 /// How a script travels.
@@ -274,6 +322,8 @@ pub(crate) enum Vote {
     No { held_ms: Option<u64> },
     /// A batched renewal's answer: bit `i` set for each lock renewed.
     Each(u64),
+    /// Granted, with this node's fence.
+    Fenced(u64),
 }
 
 impl Vote {
@@ -310,6 +360,9 @@ impl<'a> Op<'a> {
                 return self.encode_fair(buf, key, token, form);
             }
             Op::ExtendMany { keys, args } => return encode_many(buf, keys, args, form),
+            Op::FencedAcquire { .. } | Op::FenceWrite { .. } => {
+                return self.encode_fenced(buf, key, token, form);
+            }
         };
         // Four copies in all: the constant head, the key's length line, the
         // key, and everything after the key assembled on the stack.
@@ -345,6 +398,28 @@ impl<'a> Op<'a> {
         buf.extend_from_slice(tail.bytes());
     }
 
+    /// The fencing scripts: the lock's key and its fence counter's.
+    fn encode_fenced(self, buf: &mut BytesMut, key: &[u8], token: &Token, form: Form) {
+        let scripts = &*SCRIPTS;
+        let script = match self {
+            Op::FencedAcquire { .. } => &scripts.fenced_acquire,
+            _ => &scripts.fence_write,
+        };
+        buf.extend_from_slice(script.head(form));
+        resp::put_bulk(buf, key);
+        put_bulk_parts(buf, key, FENCE_SUFFIX);
+        resp::put_bulk(buf, token.as_bytes());
+        let mut num = itoa::Buffer::new();
+        match self {
+            Op::FencedAcquire { ttl_ms, pttl } => {
+                resp::put_bulk(buf, num.format(ttl_ms).as_bytes());
+                resp::put_bulk(buf, if pttl { b"1" } else { b"0" });
+            }
+            Op::FenceWrite { fence } => resp::put_bulk(buf, num.format(fence).as_bytes()),
+            _ => {}
+        }
+    }
+
     /// The fair-mode scripts: four keys derived from the lock's.
     fn encode_fair(self, buf: &mut BytesMut, key: &[u8], token: &Token, form: Form) {
         let scripts = &*SCRIPTS;
@@ -375,7 +450,10 @@ impl<'a> Op<'a> {
             (Op::AcquireOrPttl { .. } | Op::FairAcquire { .. }, Reply::Simple(b"OK")) => {
                 Ok(Vote::Yes)
             }
-            (Op::AcquireOrPttl { .. } | Op::FairAcquire { .. }, Reply::Integer(pttl)) => {
+            (
+                Op::AcquireOrPttl { .. } | Op::FairAcquire { .. } | Op::FencedAcquire { .. },
+                Reply::Integer(pttl),
+            ) => {
                 Ok(Vote::No {
                     held_ms: match pttl {
                         // Held: for this long.
@@ -397,6 +475,12 @@ impl<'a> Op<'a> {
             (Op::ExtendMany { .. }, _) => {
                 Err(Failure::Protocol("unexpected reply to the renewal script"))
             }
+            (Op::FencedAcquire { .. }, Reply::Simple(digits)) => std::str::from_utf8(digits)
+                .ok()
+                .and_then(|d| d.parse().ok())
+                .map(Vote::Fenced)
+                .ok_or(Failure::Protocol("unexpected fence in a reply")),
+            (Op::FencedAcquire { .. }, Reply::Nil) => Ok(Vote::NO),
             (_, Reply::Integer(1)) => Ok(Vote::Yes),
             (_, Reply::Integer(0)) => Ok(Vote::NO),
             (_, _) => Err(Failure::Protocol("unexpected reply to the lock script")),

@@ -92,6 +92,31 @@ fn hot_path_does_not_allocate() {
     );
 }
 
+/// Fencing mode: acquisitions by script with a fence, the fence confirmed
+/// over the quorum (one more round trip), on 1 and 3 nodes.
+#[test]
+fn fenced_cycles_do_not_allocate() {
+    let servers = RedisServer::start_many(3);
+    let fencing = || redlease::LockManager::builder().fencing(true);
+    let one = support::manager_with([servers[0].url()], fencing());
+    let three = support::manager_with(servers.iter().map(RedisServer::url), fencing());
+    let mut results = Vec::new();
+    for (label, locks) in [("1 node", &one), ("3 nodes", &three)] {
+        results.push(per_cycle(
+            &format!("try_lock + fence + release, {label}"),
+            || {
+                let mut lock = locks.try_lock(b"f", TTL).expect("try_lock").expect("free");
+                assert!(lock.fence().expect("fence") > 0);
+                assert!(lock.release().expect("release"));
+            },
+        ));
+    }
+    assert!(
+        results.iter().all(|&n| n == 0),
+        "fenced cycles allocated: {results:?}"
+    );
+}
+
 /// Parks the calling thread once on a parking_lot primitive. The first time
 /// a thread parks, parking_lot sets up its per-thread data and may create
 /// or grow its global table: once per thread (and per doubling of threads),

@@ -17,6 +17,13 @@ pub const MAX_REPLY: usize = crate::resp::MAX_REPLY;
 /// The release script's source, as sent by `EVAL` (for the token tests).
 pub const RELEASE_SCRIPT: &str = crate::script::RELEASE;
 
+/// A lock's fence as its acquisition found it (the highest counter of the
+/// granting nodes), never written back: over a quorum it is **not** safe to
+/// use, and the fencing tests use it to show why.
+pub fn unconfirmed_fence(lock: &crate::Lock) -> Option<u64> {
+    lock.unconfirmed_fence()
+}
+
 /// A lock token, for the encoding benches.
 #[derive(Debug, Clone, Copy)]
 pub struct BenchToken(Token);

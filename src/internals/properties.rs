@@ -156,7 +156,7 @@ pub fn roundtrip(data: &[u8]) {
     batch.push(left, &token, ttl_ms);
     batch.push(right, &to, ttl_ms / 2);
     let half_ttl = (ttl_ms / 2).to_string().into_bytes();
-    let op = match selector % 8 {
+    let op = match selector % 10 {
         0 => Op::Acquire { ttl_ms },
         1 => Op::Release,
         2 => Op::Extend { ttl_ms },
@@ -164,6 +164,11 @@ pub fn roundtrip(data: &[u8]) {
         4 => Op::FairAcquire { ttl_ms, enqueue },
         5 => Op::Handoff { ttl_ms, to: &to },
         6 => Op::FairLeave,
+        7 => Op::FencedAcquire {
+            ttl_ms,
+            pttl: enqueue,
+        },
+        8 => Op::FenceWrite { fence: ttl_ms },
         _ => batch.op(),
     };
     let mut buf = BytesMut::new();
@@ -180,6 +185,8 @@ pub fn roundtrip(data: &[u8]) {
         Op::FairAcquire { .. } => &scripts.fair_acquire,
         Op::FairLeave => &scripts.fair_leave,
         Op::ExtendMany { .. } => &scripts.extend_many,
+        Op::FencedAcquire { .. } => &scripts.fenced_acquire,
+        Op::FenceWrite { .. } => &scripts.fence_write,
     };
     let (verb, first): (&[u8], &[u8]) = if full_script {
         (b"EVAL", script.source.as_bytes())
@@ -190,6 +197,7 @@ pub fn roundtrip(data: &[u8]) {
         .iter()
         .map(|suffix| [key, suffix].concat())
         .collect();
+    let fence_key = [key, crate::script::FENCE_SUFFIX].concat();
     let t = token.as_bytes();
     let expected: Vec<&[u8]> = match op {
         Op::Acquire { .. } => vec![b"SET", key, t, b"NX", b"PX", &ttl_text],
@@ -202,6 +210,13 @@ pub fn roundtrip(data: &[u8]) {
             args.push(t);
             if let Op::FairAcquire { enqueue, .. } = op {
                 args.extend([&ttl_text[..], &lease, if enqueue { b"1" } else { b"0" }]);
+            }
+            args
+        }
+        Op::FencedAcquire { .. } | Op::FenceWrite { .. } => {
+            let mut args = vec![verb, first, b"2", key, &fence_key, t, &ttl_text];
+            if let Op::FencedAcquire { pttl, .. } = op {
+                args.push(if pttl { b"1" } else { b"0" });
             }
             args
         }
