@@ -33,8 +33,15 @@
 //! Not covered, as with every Redis lock: failover to a replica that had not
 //! yet received the key (replication is asynchronous), a node restarted
 //! without persistence before the longest TTL has passed, and a process that
-//! pauses (GC, swap, SIGSTOP) past its lock's validity — use fencing tokens
-//! in the protected resource for that.
+//! pauses (GC, swap, SIGSTOP) past its lock's validity — for that, have the
+//! protected resource check [fencing tokens](Lock::fence).
+//!
+//! # Long work
+//!
+//! [`Lock::keep_alive`] hands a lock to the manager's keeper thread, which
+//! renews it until it is released and reports its loss
+//! ([`Lock::is_lost`], [`Lock::wait_lost`], [`Lock::on_lost`]);
+//! [`LockManagerBuilder::fencing`] gives every lock a [fence](Lock::fence).
 //!
 //! # Logging
 //!
