@@ -714,3 +714,61 @@ fn millis(ttl: Duration) -> u64 {
     // Cannot truncate: TTLs are capped far below u64::MAX milliseconds.
     ttl.as_millis() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(slots: usize) -> Table {
+        Table {
+            slots: Vec::new(),
+            free: Vec::new(),
+            heap: BinaryHeap::new(),
+            queued: vec![None; slots],
+            stop: false,
+        }
+    }
+
+    /// A slot keeps one heap entry while later times are asked for, so
+    /// locks coming and going fast do not grow the heap; an earlier time
+    /// gets an entry of its own.
+    #[test]
+    fn a_slot_keeps_one_entry_unless_asked_earlier() {
+        let mut t = table(2);
+        for due in [100, 150, 200, 100] {
+            t.queue(0, due);
+        }
+        assert_eq!(t.heap.len(), 1);
+        assert_eq!(t.queued[0], Some(100));
+        t.queue(0, 50);
+        assert_eq!(t.heap.len(), 2);
+        assert_eq!(t.queued[0], Some(50));
+        t.queue(1, 75);
+        assert_eq!(t.heap.len(), 3);
+    }
+
+    /// The state word carries the generation: a word about an old lease
+    /// does not match the new one.
+    #[test]
+    fn generations_tell_leases_apart() {
+        let lease = Lease::new(0, Instant::now());
+        lease.state.store(word(7, HELD), Ordering::Release);
+        assert!(!lease.mark_lost(6));
+        assert!(lease.mark_lost(7));
+        assert_eq!(lease.state.load(Ordering::Acquire), word(7, LOST));
+        assert!(!lease.mark_lost(7), "lost once");
+        let old = LeaseRef {
+            lease: Arc::new(Lease::new(0, Instant::now())),
+            generation: 3,
+        };
+        old.lease.state.store(word(4, HELD), Ordering::Release);
+        assert_eq!(old.remaining(), Duration::ZERO, "a newer lease's validity");
+        assert_eq!(old.begin_release(), Began::Lost);
+    }
+
+    #[test]
+    fn period_is_a_third_and_at_least_a_millisecond() {
+        assert_eq!(period(Duration::from_secs(3)), Duration::from_secs(1));
+        assert_eq!(period(Duration::from_millis(2)), Duration::from_millis(1));
+    }
+}

@@ -16,6 +16,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod contended;
+mod keepalive;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 
@@ -37,6 +38,7 @@ struct Settings {
     cycles: usize,
     throughput_time: Duration,
     callgrind: bool,
+    quick: bool,
 }
 
 /// One contestant's measurements.
@@ -165,6 +167,7 @@ fn main() {
             Duration::from_secs(2)
         },
         callgrind: args.iter().any(|a| a == "--callgrind"),
+        quick,
     };
     report(&settings);
 }
@@ -320,6 +323,7 @@ fn report(s: &Settings) {
         "| (cycles/s at 8 threads: redlease {ours_tp:.0}, implied by redis-benchmark {implied:.0}) | | | |"
     );
     contended::report(&urls, s.throughput_time);
+    keepalive::report(&urls, &pids, s.quick);
 }
 
 /// Cycles per second with 8 threads on distinct keys, against the cycle rate
