@@ -22,7 +22,11 @@ use support::RedisServer;
 fn manager(servers: &[RedisServer]) -> LockManager {
     support::manager_with(
         servers.iter().map(RedisServer::url),
-        LockManager::builder().pool_size(16).preconnect(8),
+        LockManager::builder()
+            // A fresh private server: nothing for the restart quarantine to protect.
+            .restart_quarantine(false)
+            .pool_size(16)
+            .preconnect(8),
     )
 }
 

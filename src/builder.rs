@@ -10,7 +10,7 @@ use crate::conn::Timeouts;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::manager::{Limits, LockManager};
-use crate::node::PoolConfig;
+use crate::node::NodeConfig;
 use crate::quorum::Quorum;
 use crate::retry::RetryPolicy;
 
@@ -39,6 +39,7 @@ pub struct LockManagerBuilder {
     fair: bool,
     max_hold: Option<Duration>,
     fencing: bool,
+    restart_quarantine: bool,
 }
 
 impl Default for LockManagerBuilder {
@@ -51,13 +52,14 @@ impl Default for LockManagerBuilder {
             drift_factor: 0.01,
             pool_size: 8,
             pool_wait: Duration::from_secs(1),
-            max_ttl: Duration::from_secs(3600),
+            max_ttl: Duration::from_secs(60),
             max_key_len: 1024,
             lazy: false,
             preconnect: 1,
             fair: false,
             max_hold: None,
             fencing: false,
+            restart_quarantine: true,
         }
     }
 }
@@ -129,9 +131,13 @@ impl LockManagerBuilder {
         self
     }
 
-    /// Longest TTL accepted by `try_lock`, `lock` and `extend`: a guard
-    /// against unit mistakes (Redis itself takes ~292,000 years). At most
-    /// 365 days. Defaults to 1 hour.
+    /// Longest TTL accepted by `try_lock`, `lock` and `extend`: the
+    /// manager's maximum lease. It bounds how long any key of ours can live
+    /// on a server without being renewed, which is what the
+    /// [restart quarantine](Self::restart_quarantine) waits out, and it
+    /// catches unit mistakes. Locks for long work need no long TTL: see
+    /// [`Lock::keep_alive`](crate::Lock::keep_alive). From 10 ms to 365
+    /// days. Defaults to 60 s.
     pub fn max_ttl(mut self, max: Duration) -> Self {
         self.max_ttl = max;
         self
@@ -208,6 +214,31 @@ impl LockManagerBuilder {
         self
     }
 
+    /// Keeps a restarted server from granting locks until the manager's
+    /// maximum lease ([`max_ttl`](Self::max_ttl), plus its clock-drift
+    /// allowance) has passed since it started. A server restarted without
+    /// persistence has forgotten the locks it held, and could otherwise
+    /// give a second holder a majority; once every key it could have held
+    /// has expired everywhere, its vote is safe again. Every connection's
+    /// handshake reads the server's uptime (`INFO server`), so restarts are
+    /// seen on reconnect, and a server that started recently is quarantined
+    /// at `build` too. The quorum size is unchanged: with one node
+    /// quarantined of three, the other two must both grant; with a single
+    /// node, no lock is granted until the quarantine ends
+    /// ([`Error::Quarantined`](crate::Error::Quarantined)). Release and
+    /// extend are not affected.
+    ///
+    /// Every client of the same keys should use the same or a smaller
+    /// `max_ttl`. Turn it off for servers that cannot lose acknowledged
+    /// writes (`appendonly yes` with `appendfsync always`), or for private
+    /// servers known to hold no one's locks (a test's or a demo's freshly
+    /// started server). With it on, `build` needs the user to be allowed
+    /// `INFO`. Defaults to `true`.
+    pub fn restart_quarantine(mut self, on: bool) -> Self {
+        self.restart_quarantine = on;
+        self
+    }
+
     /// Validates the settings and the nodes and, unless
     /// [`connect_lazily`](Self::connect_lazily), connects.
     pub fn build(self) -> Result<LockManager> {
@@ -222,9 +253,15 @@ impl LockManagerBuilder {
             connect: self.connect_timeout,
             io: self.io_timeout,
         };
-        let pool = PoolConfig {
+        // The longest any key of ours can outlive a restart elsewhere: the
+        // maximum lease and its drift allowance.
+        let drift = Duration::from_secs_f64(self.max_ttl.as_secs_f64() * self.drift_factor);
+        let pool = NodeConfig {
             max_conns: self.pool_size,
             wait: self.pool_wait,
+            quarantine: self
+                .restart_quarantine
+                .then(|| self.max_ttl + drift + Duration::from_millis(2)),
         };
         if self.fair && endpoints.len() > 1 {
             return Err(Error::invalid(format!(

@@ -68,6 +68,10 @@ pub(crate) struct Conn {
     /// Replies the server owes us: requests sent minus replies read. Only
     /// a connection that owes nothing goes back to the pool.
     owed: u32,
+    /// When the server last started, as its `INFO` told the handshake
+    /// (never earlier than the truth: uptime is whole seconds, read before
+    /// this moment); `None` when it would not say.
+    started_at: Option<Instant>,
 }
 
 impl fmt::Debug for Conn {
@@ -96,15 +100,22 @@ impl Conn {
             reused: false,
             got_reply_bytes: false,
             owed: 0,
+            started_at: None,
         };
         conn.handshake(endpoint, timeouts.io)?;
         Ok(conn)
     }
 
+    /// When the server last started (restarted), if it said.
+    pub(crate) fn server_started_at(&self) -> Option<Instant> {
+        self.started_at
+    }
+
     fn handshake(&mut self, endpoint: &Endpoint, io_timeout: Duration) -> Result<(), Failure> {
-        // SCRIPT LOAD for each script and PING, plus AUTH and SELECT when
-        // configured.
-        let mut commands = SCRIPTS.all().len() as u32 + 1;
+        // SCRIPT LOAD for each script, INFO server (when the server
+        // started, for the restart quarantine) and PING, plus AUTH and
+        // SELECT when configured.
+        let mut commands = SCRIPTS.all().len() as u32 + 2;
         if let Some(password) = &endpoint.password {
             commands += 1;
             match &endpoint.username {
@@ -124,6 +135,7 @@ impl Conn {
             );
         }
         script::encode_load(&mut self.wbuf);
+        resp::encode(&mut self.wbuf, &[b"INFO", b"server"]);
         resp::encode(&mut self.wbuf, &[b"PING"]);
         // A server that refuses us outright (maxclients) writes its reason
         // and closes: our write may then fail, but the reason is still there
@@ -144,13 +156,15 @@ impl Conn {
             expected.push(Handshake::Ok);
         }
         expected.extend(SCRIPTS.all().map(|script| Handshake::Loaded(&script.sha)));
+        expected.push(Handshake::Info);
         expected.push(Handshake::Pong);
         // Read every reply even after a failure, so that the first failure
         // reported is the root cause (a bad AUTH, not the NOAUTH after it);
         // stop at the first transport failure.
         let mut first_failure = None;
+        let mut info = ServerInfo::default();
         for step in expected {
-            match self.recv_next_with(deadline, |reply| step.check(reply)) {
+            match self.recv_next_with(deadline, |reply| step.check(reply, &mut info)) {
                 Ok(Ok(())) => {}
                 Ok(Err(failure)) => {
                     first_failure.get_or_insert(failure);
@@ -166,7 +180,12 @@ impl Conn {
             (Some(failure @ (Failure::Server(_) | Failure::Auth(_))), _) => Err(self.fail(failure)),
             (_, Err(failure)) => Err(self.fail(failure)),
             (Some(failure), Ok(())) => Err(self.fail(failure)),
-            (None, Ok(())) => Ok(()),
+            (None, Ok(())) => {
+                self.started_at = info
+                    .uptime_s
+                    .and_then(|up| Instant::now().checked_sub(Duration::from_secs(up)));
+                Ok(())
+            }
         }
     }
 
@@ -341,13 +360,48 @@ enum Handshake {
     Ok,
     /// The SHA of a script we asked the server to load.
     Loaded(&'static [u8; 40]),
+    /// `INFO server`'s text; an error (a user without `INFO`) or anything
+    /// else only means the server would not say.
+    Info,
     /// `+PONG`.
     Pong,
 }
 
+/// What a server's `INFO server` says about who it is and since when.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ServerInfo {
+    /// The server's `run_id`: it changes with every start.
+    pub(crate) run_id: Option<[u8; 40]>,
+    /// `uptime_in_seconds`.
+    pub(crate) uptime_s: Option<u64>,
+}
+
+impl ServerInfo {
+    /// Reads the fields from `INFO` text; missing or malformed ones are
+    /// `None`.
+    pub(crate) fn parse(info: &[u8]) -> ServerInfo {
+        let field = |name: &[u8]| {
+            info.split(|&b| b == b'\n')
+                .find_map(|line| line.strip_prefix(name))
+                .map(|value| value.strip_suffix(b"\r").unwrap_or(value))
+        };
+        ServerInfo {
+            run_id: field(b"run_id:").and_then(|id| id.try_into().ok()),
+            uptime_s: field(b"uptime_in_seconds:")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
 impl Handshake {
-    fn check(self, reply: Reply<'_>) -> Result<(), Failure> {
+    fn check(self, reply: Reply<'_>, info: &mut ServerInfo) -> Result<(), Failure> {
         match (self, reply) {
+            (Handshake::Info, Reply::Bulk(text)) => {
+                *info = ServerInfo::parse(text);
+                Ok(())
+            }
+            (Handshake::Info, _) => Ok(()),
             (Handshake::Loaded(sha), reply) => match script::check_loaded(reply, sha) {
                 // Without SCRIPT (not permitted, or renamed away) the scripts
                 // still run: EVALSHA answers NOSCRIPT and we send the source.
@@ -387,4 +441,44 @@ fn open(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, Fai
             "host name resolved to no address",
         )),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_info_fields() {
+        let id = "a".repeat(40);
+        let text =
+            format!("# Server\r\nredis_version:7.0.15\r\nrun_id:{id}\r\nuptime_in_seconds:42\r\n");
+        let info = ServerInfo::parse(text.as_bytes());
+        assert_eq!(info.run_id.as_ref().map(|r| &r[..]), Some(id.as_bytes()));
+        assert_eq!(info.uptime_s, Some(42));
+    }
+
+    /// Missing, short, long or garbled fields are unknown, never a panic.
+    #[test]
+    fn hostile_server_info_is_unknown() {
+        for text in [
+            &b""[..],
+            b"run_id:short\r\nuptime_in_seconds:-1\r\n",
+            b"uptime_in_seconds:\r\n",
+            b"uptime_in_seconds:99999999999999999999999\r\n",
+            b"uptime_in_seconds:12abc",
+            b"\xff\xfe\n\n\r",
+        ] {
+            let info = ServerInfo::parse(text);
+            assert_eq!(
+                info,
+                ServerInfo::default(),
+                "{:?}",
+                text.escape_ascii().to_string()
+            );
+        }
+        let long = format!("run_id:{}\n", "b".repeat(41));
+        assert_eq!(ServerInfo::parse(long.as_bytes()).run_id, None);
+        // Without the carriage return, as some proxies send it.
+        assert_eq!(ServerInfo::parse(b"uptime_in_seconds:7").uptime_s, Some(7));
+    }
 }

@@ -120,6 +120,17 @@ pub enum Error {
         /// The node, as `host:port`.
         node: Arc<str>,
     },
+    /// The node started (restarted) less than the manager's maximum lease
+    /// ago: it may have lost locks it held, so it grants no new lock until
+    /// `remaining` has passed (see
+    /// [`restart_quarantine`](crate::LockManagerBuilder::restart_quarantine)).
+    /// Passing: `lock` keeps waiting, and other nodes may make a quorum.
+    Quarantined {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// How long it stays quarantined.
+        remaining: Duration,
+    },
     /// The operating system's random source failed, so no token could be made.
     RandomSource(Box<str>),
     /// A background thread the operation needs (the lease keeper) could
@@ -264,6 +275,10 @@ impl fmt::Display for Error {
             ),
             Error::RandomSource(msg) => write!(f, "random source failed: {msg}"),
             Error::Thread(msg) => f.write_str(msg),
+            Error::Quarantined { node, remaining } => write!(
+                f,
+                "node quarantined: {node} started recently and may have lost the locks it held, so it grants none for {remaining:?} more (the manager's max_ttl since its start; see restart_quarantine)"
+            ),
         }
     }
 }
@@ -348,6 +363,8 @@ pub(crate) enum Failure {
     Down,
     /// No pooled connection became free in time.
     PoolTimeout(Duration),
+    /// The node restarted recently and grants nothing for this long.
+    Quarantined(Duration),
 }
 
 impl Failure {
@@ -374,7 +391,7 @@ impl Failure {
     pub(crate) fn breaks_connection(&self) -> bool {
         !matches!(
             self,
-            Failure::Server(_) | Failure::Down | Failure::PoolTimeout(_)
+            Failure::Server(_) | Failure::Down | Failure::PoolTimeout(_) | Failure::Quarantined(_)
         )
     }
 
@@ -418,6 +435,7 @@ impl Failure {
             },
             Failure::Down => Error::NodeDown { node },
             Failure::PoolTimeout(waited) => Error::PoolTimeout { node, waited },
+            Failure::Quarantined(remaining) => Error::Quarantined { node, remaining },
         }
     }
 }

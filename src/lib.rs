@@ -30,10 +30,12 @@
 //! the servers' clocks do not jump and a majority of them keep their data:
 //! `remaining()` never exceeds the TTL a majority of the nodes could still
 //! hold, even after an [`extend`](Lock::extend) whose outcome is unknown.
-//! Not covered, as with every Redis lock: failover to a replica that had not
-//! yet received the key (replication is asynchronous), a node restarted
-//! without persistence before the longest TTL has passed, and a process that
-//! pauses (GC, swap, SIGSTOP) past its lock's validity — for that, have the
+//! A node restarted without persistence (it forgot its locks) grants nothing
+//! until the manager's maximum lease has passed since it started (see
+//! [`restart_quarantine`](LockManagerBuilder::restart_quarantine)). Not
+//! covered, as with every Redis lock: failover to a replica that had not yet
+//! received the key (replication is asynchronous), and a process that pauses
+//! (GC, swap, SIGSTOP) past its lock's validity — for that, have the
 //! protected resource check [fencing tokens](Lock::fence).
 //!
 //! # Long work

@@ -16,6 +16,12 @@
 //! - a node that failed is never reconnected on the hot path: once its
 //!   backoff ends, a thread connects in the background and puts the
 //!   connection in the pool, while operations skip the node until then.
+//!
+//! Restarts are its business too: every connection's handshake says when
+//! the server last started, and a server that started less than the
+//! quarantine ago (the longest lease: it may have lost locks it held) is
+//! *quarantined* until then. A quarantined node is healthy; it just grants
+//! no new lock (see `Quorum::acquire`).
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
@@ -37,13 +43,16 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 /// Longest reconnect backoff.
 const BACKOFF_MAX: Duration = Duration::from_secs(1);
 
-/// Pool sizing and waiting.
+/// A node's settings: its pool, and its restart quarantine.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct PoolConfig {
+pub(crate) struct NodeConfig {
     /// Most connections open at once.
     pub(crate) max_conns: usize,
     /// Longest wait for a connection when all are in use.
     pub(crate) wait: Duration,
+    /// How long after a server starts it may grant no lock; `None`: no
+    /// quarantine.
+    pub(crate) quarantine: Option<Duration>,
 }
 
 /// How to take a connection.
@@ -63,13 +72,16 @@ pub(crate) struct Node {
     pub(crate) name: Arc<str>,
     endpoint: Endpoint,
     timeouts: Timeouts,
-    config: PoolConfig,
+    config: NodeConfig,
     state: Mutex<State>,
     /// Signalled whenever a connection or a slot for one becomes free.
     freed: Condvar,
     /// Whether `failures` is above zero: a mirror of the state's, so that a
     /// healthy reply costs one load, not a lock.
     failing: AtomicBool,
+    /// Whether `quarantined_until` is set: a mirror, so that a node out of
+    /// quarantine costs a grant one load, not a lock.
+    quarantined: AtomicBool,
 }
 
 struct State {
@@ -87,6 +99,8 @@ struct State {
     failures: u32,
     /// A background connect is under way.
     reconnecting: bool,
+    /// Grants nothing before this (a recent restart).
+    quarantined_until: Option<Instant>,
 }
 
 impl fmt::Debug for Node {
@@ -99,7 +113,7 @@ impl fmt::Debug for Node {
 }
 
 impl Node {
-    pub(crate) fn new(endpoint: Endpoint, timeouts: Timeouts, config: PoolConfig) -> Node {
+    pub(crate) fn new(endpoint: Endpoint, timeouts: Timeouts, config: NodeConfig) -> Node {
         Node {
             name: Arc::from(endpoint.name()),
             endpoint,
@@ -111,9 +125,11 @@ impl Node {
                 down_until: None,
                 failures: 0,
                 reconnecting: false,
+                quarantined_until: None,
             }),
             freed: Condvar::new(),
             failing: AtomicBool::new(false),
+            quarantined: AtomicBool::new(false),
         }
     }
 
@@ -202,6 +218,7 @@ impl Node {
         let connect_within = timeouts.connect;
         match Conn::connect(&self.endpoint, timeouts) {
             Ok(conn) => {
+                self.saw_start(conn.server_started_at());
                 self.mark_up();
                 Ok(Checkout {
                     node: self,
@@ -312,6 +329,73 @@ impl Node {
         }
     }
 
+    /// Whether the node keeps a restart quarantine at all.
+    pub(crate) fn quarantines(&self) -> bool {
+        self.config.quarantine.is_some()
+    }
+
+    /// How long the node stays quarantined (a recent restart), if it is:
+    /// one atomic load when it is not.
+    #[inline]
+    pub(crate) fn quarantined(&self) -> Option<Duration> {
+        if self.quarantined.load(Ordering::Relaxed) {
+            self.quarantined_slow()
+        } else {
+            None
+        }
+    }
+
+    #[cold]
+    fn quarantined_slow(&self) -> Option<Duration> {
+        let mut state = self.state.lock();
+        let left = state
+            .quarantined_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero());
+        if left.is_none() && state.quarantined_until.take().is_some() {
+            self.quarantined.store(false, Ordering::Relaxed);
+            drop(state);
+            log::info!("redlease: node {} out of its restart quarantine", self.name);
+        }
+        left
+    }
+
+    /// A connection's handshake said when the server started (`None`: it
+    /// would not say). A start more recent than the quarantine puts the
+    /// node in quarantine until the quarantine has passed since; a server
+    /// that will not say is quarantined in full from now, since it may have
+    /// just restarted.
+    fn saw_start(&self, started_at: Option<Instant>) {
+        let Some(quarantine) = self.config.quarantine else {
+            return;
+        };
+        let now = Instant::now();
+        let until = time::deadline(started_at.unwrap_or(now), quarantine);
+        if until <= now {
+            return;
+        }
+        let mut state = self.state.lock();
+        if state.quarantined_until.is_some_and(|known| known >= until) {
+            return;
+        }
+        state.quarantined_until = Some(until);
+        self.quarantined.store(true, Ordering::Relaxed);
+        drop(state);
+        match started_at {
+            Some(at) => log::warn!(
+                "redlease: node {} started {:?} ago: it may have lost locks it held, so it grants none for {:?}",
+                self.name,
+                now - at,
+                until - now
+            ),
+            None => log::warn!(
+                "redlease: node {} does not say when it started: it grants no lock for {:?}",
+                self.name,
+                until - now
+            ),
+        }
+    }
+
     /// Opens connections until `n` are idle in the pool (at most the pool
     /// size), so that the first burst of locks does not pay for connecting.
     pub(crate) fn preconnect(self: &Arc<Node>, n: usize) -> Result<(), Failure> {
@@ -331,9 +415,11 @@ fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>) {
     state.reconnecting = false;
     match result {
         Ok(mut conn) => {
+            let started_at = conn.server_started_at();
             conn.returned_to_pool();
             state.idle.push(Box::new(conn));
             drop(state);
+            node.saw_start(started_at);
             node.mark_up();
         }
         Err(failure) => {

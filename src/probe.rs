@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::conn::ServerInfo;
 use crate::error::{Error, Failure, ServerError, ServerText};
 use crate::node::{Node, Take};
 use crate::resp::{self, Reply};
@@ -31,11 +32,7 @@ pub(crate) fn run_id(node: &Arc<Node>) -> Result<Option<[u8; 40]>, Failure> {
     conn.send()?;
     let deadline = time::deadline_in(node.io_timeout());
     conn.recv_next_with(deadline, |reply| match reply {
-        Reply::Bulk(info) => Ok(info
-            .split(|&b| b == b'\n')
-            .find_map(|line| line.strip_prefix(b"run_id:"))
-            .and_then(|id| id.get(..40))
-            .and_then(|id| id.try_into().ok())),
+        Reply::Bulk(info) => Ok(ServerInfo::parse(info).run_id),
         Reply::Error(_) => Ok(None),
         _ => Err(Failure::Protocol("unexpected reply to INFO")),
     })?

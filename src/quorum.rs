@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use crate::conn::Timeouts;
 use crate::endpoint::Endpoint;
-use crate::error::Error;
-use crate::node::{Node, PoolConfig};
+use crate::error::{Error, Failure};
+use crate::node::{Node, NodeConfig};
 use crate::probe;
 use crate::round::{Mask, Round, Tally};
 use crate::script::Op;
@@ -107,7 +107,7 @@ impl Quorum {
     pub(crate) fn new(
         endpoints: Vec<Endpoint>,
         timeouts: Timeouts,
-        pool: PoolConfig,
+        pool: NodeConfig,
         drift_factor: f64,
     ) -> Result<Quorum, Error> {
         if endpoints.is_empty() {
@@ -148,6 +148,12 @@ impl Quorum {
                         let failed =
                             |failure: crate::error::Failure| failure.into_error(&node.name);
                         let run_id = probe::run_id(node).map_err(failed)?;
+                        if run_id.is_none() && node.quarantines() {
+                            return Err(Error::Permission {
+                                node: Arc::clone(&node.name),
+                                message: "INFO server was refused, and the restart quarantine needs it to see when the server started: allow +info, or build with .restart_quarantine(false)".into(),
+                            });
+                        }
                         probe::permissions(node)?;
                         node.preconnect(preconnect).map_err(failed)?;
                         Ok(run_id)
@@ -241,6 +247,22 @@ impl Quorum {
         round
     }
 
+    /// A round for an operation that can grant a lock: nodes in their
+    /// restart quarantine take no part (they may have lost locks they
+    /// held) and count as failed, so the majority needed is unchanged.
+    fn grant_round<'q>(&'q self, op: Op<'q>, key: &'q [u8], token: &'q Token) -> Round<'q> {
+        let mut round = Round::new(&self.nodes, self.io_timeout, op, key, token);
+        let mut targets = self.all();
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(left) = node.quarantined() {
+                targets &= !(1 << i);
+                round.fail(i, Failure::Quarantined(left));
+            }
+        }
+        round.run(targets);
+        round
+    }
+
     /// One acquisition attempt. On anything but success, whatever it may
     /// have written is released on every node that did not answer "held".
     pub(crate) fn acquire(
@@ -260,7 +282,7 @@ impl Quorum {
                 pttl: waiting,
             },
         };
-        let round = self.round(op, key, token);
+        let round = self.grant_round(op, key, token);
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -302,7 +324,7 @@ impl Quorum {
             ttl_ms: millis(ttl),
             to: theirs,
         };
-        let round = self.round(op, key, ours);
+        let round = self.grant_round(op, key, ours);
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -536,9 +558,10 @@ mod tests {
             connect: Duration::from_millis(10),
             io: Duration::from_millis(10),
         };
-        let pool = PoolConfig {
+        let pool = NodeConfig {
             max_conns: 1,
             wait: Duration::from_millis(10),
+            quarantine: None,
         };
         Quorum::new(endpoints, timeouts, pool, 0.01).expect("distinct nodes")
     }

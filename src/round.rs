@@ -193,6 +193,12 @@ impl<'q> Round<'q> {
         &self.tally
     }
 
+    /// Records a node's failure before the round runs (a node the quorum
+    /// leaves out).
+    pub(crate) fn fail(&mut self, node: usize, failure: Failure) {
+        self.tally.fail(node, failure);
+    }
+
     /// For a batched renewal: the nodes that renewed lock `j` of the batch.
     pub(crate) fn renewed(&self, j: usize) -> Mask {
         let mut nodes = 0;

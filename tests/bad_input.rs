@@ -28,7 +28,7 @@ fn invalid<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
 #[test]
 fn bad_keys_and_ttls_are_refused_and_lose_nothing() {
     let server = RedisServer::start();
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(server.url())
         .max_key_len(100)
         .max_ttl(Duration::from_secs(60))
@@ -78,11 +78,11 @@ fn bad_keys_and_ttls_are_refused_and_lose_nothing() {
 fn unreachable_node_at_build() {
     let port = support::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    match LockManager::builder().node(url.as_str()).build() {
+    match support::builder().node(url.as_str()).build() {
         Err(e @ Error::Io { .. }) => assert!(e.to_string().contains(&port.to_string()), "{e}"),
         other => panic!("expected an i/o error, got {other:?}"),
     }
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(url.as_str())
         .connect_lazily(true)
         .build()
@@ -98,7 +98,7 @@ fn unreachable_node_at_build() {
 #[test]
 fn same_server_under_two_addresses_is_refused() {
     let server = RedisServer::start_with(&["--bind", "127.0.0.1", "127.0.0.2"]);
-    let result = LockManager::builder()
+    let result = support::builder()
         .node(("127.0.0.1", server.port))
         .node(("127.0.0.2", server.port))
         .node(RedisServer::start().url())
@@ -116,7 +116,7 @@ fn credentials() {
     let wrong = format!("redis://:wrong-{SENTINEL}@127.0.0.1:{}", server.port);
     let none = format!("redis://127.0.0.1:{}", server.port);
     for url in [&wrong, &none] {
-        match LockManager::builder().node(url.as_str()).build() {
+        match support::builder().node(url.as_str()).build() {
             Err(e @ Error::Auth { .. }) => {
                 assert!(!e.is_retryable());
                 for shown in [e.to_string(), format!("{e:?}")] {
@@ -127,7 +127,7 @@ fn credentials() {
         }
     }
     let right = format!("redis://:{SENTINEL}@127.0.0.1:{}", server.port);
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(right.as_str())
         .build()
         .expect("right password");
@@ -147,7 +147,7 @@ fn credentials() {
         .expect("ACL SETUSER");
     assert_eq!(acl, "OK");
     let user = format!("redis://locker:locker-pw@127.0.0.1:{}", server.port);
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(user.as_str())
         .build()
         .expect("acl user");
@@ -181,7 +181,7 @@ fn garbage_server_is_a_protocol_error() {
         b"$-5\r\n",
     ] {
         let port = fake_server(reply);
-        match LockManager::builder().node(("127.0.0.1", port)).build() {
+        match support::builder().node(("127.0.0.1", port)).build() {
             Err(Error::Protocol { .. }) => {}
             other => panic!(
                 "{:?}: expected Protocol, got {other:?}",
@@ -197,7 +197,7 @@ fn silent_server_times_out() {
     let listener = TcpListener::bind(("127.0.0.1", 0)).expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let result = support::within(Duration::from_secs(5), move || {
-        LockManager::builder()
+        support::builder()
             .node(("127.0.0.1", port))
             .io_timeout(Duration::from_millis(100))
             .build()
@@ -312,7 +312,7 @@ fn edge_values_never_panic() {
         for d in EDGE_DURATIONS {
             let what = format!("{name}({d:?})");
             let result = no_panic(&what, || {
-                set(LockManager::builder().node(server.url()), d).build()
+                set(support::builder().node(server.url()), d).build()
             });
             match result {
                 Ok(locks) => {
@@ -330,7 +330,7 @@ fn edge_values_never_panic() {
         for d in EDGE_DURATIONS {
             let what = format!("{name}({d:?}), pool exhausted");
             let Ok(locks) = set(
-                LockManager::builder()
+                support::builder()
                     .node(proxy.url())
                     .pool_size(1)
                     .io_timeout(Duration::from_secs(1)),
@@ -363,7 +363,7 @@ fn edge_values_never_panic() {
         for n in [0, 1, usize::from(u16::MAX), u32::MAX as usize, usize::MAX] {
             let what = format!("{name}({n})");
             match no_panic(&what, || {
-                set(LockManager::builder().node(server.url()), n).build()
+                set(support::builder().node(server.url()), n).build()
             }) {
                 Ok(locks) => exercise(&locks, &what),
                 Err(Error::InvalidArgument(msg)) => assert!(msg.contains(name), "{what}: {msg}"),
@@ -382,7 +382,7 @@ fn edge_values_never_panic() {
     ] {
         let what = format!("drift_factor({factor})");
         match no_panic(&what, || {
-            LockManager::builder()
+            support::builder()
                 .node(server.url())
                 .drift_factor(factor)
                 .build()

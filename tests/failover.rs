@@ -8,7 +8,6 @@ mod support;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redlease::LockManager;
 use support::RedisServer;
 use support::proxy::{FaultProxy, Mode};
 
@@ -34,7 +33,7 @@ fn failover_before_replication_double_grants() {
     }
 
     let ttl = Duration::from_secs(30);
-    let clients_of_primary = LockManager::builder()
+    let clients_of_primary = support::builder()
         .node(primary.url())
         .build()
         .expect("build");
@@ -52,7 +51,7 @@ fn failover_before_replication_double_grants() {
 
     // Failover: the replica is promoted and clients move to it.
     let _: () = replica.cmd(&[b"REPLICAOF", b"NO", b"ONE"]);
-    let clients_of_new_primary = LockManager::builder()
+    let clients_of_new_primary = support::builder()
         .node(replica.url())
         .build()
         .expect("build");

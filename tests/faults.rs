@@ -31,7 +31,7 @@ impl Cluster {
     fn manager(&self, io_timeout: Duration) -> LockManager {
         let locks = support::manager_with(
             self.proxies.iter().map(FaultProxy::url),
-            LockManager::builder()
+            support::builder()
                 .io_timeout(io_timeout)
                 .connect_timeout(Duration::from_millis(500)),
         );
@@ -59,7 +59,7 @@ impl Cluster {
 fn warm(servers: &[RedisServer], io_timeout: Duration) -> LockManager {
     let locks = support::manager_with(
         servers.iter().map(RedisServer::url),
-        LockManager::builder().io_timeout(io_timeout),
+        support::builder().io_timeout(io_timeout),
     );
     support::warm(&locks);
     locks
@@ -243,7 +243,7 @@ fn all_nodes_stopped_is_bounded_failure() {
 #[test]
 fn restarts_on_a_majority_lose_the_lock() {
     let mut servers = RedisServer::start_many(3);
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .nodes(servers.iter().map(RedisServer::url))
         .build()
         .expect("build");
@@ -274,7 +274,7 @@ fn restarts_on_a_majority_lose_the_lock() {
 #[test]
 fn server_idle_timeout_is_transparent() {
     let server = RedisServer::start();
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(server.url())
         .preconnect(4)
         .build()
@@ -317,7 +317,7 @@ fn cut_connections_are_transparent() {
 fn pool_exhaustion_is_bounded() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.port);
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(proxy.url())
         .pool_size(4)
         .pool_wait(Duration::from_millis(50))
@@ -358,7 +358,7 @@ fn pool_exhaustion_is_bounded() {
 fn unreachable_endpoints_are_bounded() {
     let build = |port: u16| {
         let started = Instant::now();
-        let result = LockManager::builder()
+        let result = support::builder()
             .node(("127.0.0.1", port))
             .connect_timeout(Duration::from_millis(200))
             .io_timeout(Duration::from_millis(150))
@@ -449,7 +449,7 @@ fn client_pause_write() {
         .expect("2 of 3");
     assert!(lock.release().expect("release"));
 
-    let single = LockManager::builder()
+    let single = support::builder()
         .node(servers[1].url())
         .io_timeout(Duration::from_millis(100))
         .build()

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redlease::{Error, LockManager, RetryPolicy};
+use redlease::{Error, RetryPolicy};
 use support::RedisServer;
 
 /// The protected resource: takes a write only if its fence is above the
@@ -27,7 +27,7 @@ return 0"#;
 const CHILD_ENV: &str = "REDLEASE_FENCING_CHILD";
 
 fn fencing() -> redlease::LockManagerBuilder {
-    LockManager::builder().fencing(true)
+    support::builder().fencing(true)
 }
 
 fn now_micros() -> u64 {
@@ -169,10 +169,13 @@ fn fences_order_holders_under_faults() {
             .map(|w| w.join().expect("worker"))
             .fold((0, 0), |(a, b), (c, d)| (a + c, b + d))
     });
-    let output = BufReader::new(child.stdout.take().expect("stdout"));
-    let child_writes: u64 = output
+    // Read to the end: a pipe closed early would fail the child's last words.
+    let output: Vec<String> = BufReader::new(child.stdout.take().expect("stdout"))
         .lines()
         .map_while(Result::ok)
+        .collect();
+    let child_writes: u64 = output
+        .iter()
         .find_map(|l| {
             // The harness may print its own words before ours on the line.
             let (_, n) = l.split_once("writes ")?;
@@ -278,7 +281,7 @@ fn fence_errors_and_kept_alive_locks() {
     assert!(err.to_string().contains(".fencing(true)"), "{err}");
     drop(lock);
 
-    let err = LockManager::builder()
+    let err = support::builder()
         .node(servers[0].url())
         .fair(true)
         .fencing(true)

@@ -6,7 +6,7 @@ mod support;
 
 use std::time::Duration;
 
-use redlease::{Error, LockManager};
+use redlease::Error;
 use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -22,7 +22,7 @@ fn acl_user(server: &RedisServer, name: &str, rules: &[&str]) -> String {
 /// Expects `build()` to fail with a permission error whose text contains
 /// every one of `needles`.
 fn permission_denied(url: &str, needles: &[&str]) {
-    match LockManager::builder().node(url).build() {
+    match support::builder().node(url).build() {
         Err(e @ Error::Permission { .. }) => {
             assert!(!e.is_retryable(), "{e}");
             let text = e.to_string().to_lowercase();
@@ -63,7 +63,7 @@ fn users_who_could_not_release_fail_at_build() {
 
     // A lazy manager cannot probe at build; the same user then gets the
     // server's error on first use, and it is not retried.
-    let lazy = LockManager::builder()
+    let lazy = support::builder()
         .node(no_set.as_str())
         .connect_lazily(true)
         .build()
@@ -100,7 +100,7 @@ fn key_limited_users_are_probed_without_keys() {
             "+ping",
         ],
     );
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(limited.as_str())
         .build()
         .expect("a key-limited user with every command it needs");
@@ -154,7 +154,7 @@ fn max_clients_reached_is_reported() {
         .arg(1)
         .query(&mut admin)
         .expect("CONFIG SET maxclients");
-    let result = LockManager::builder().node(server.url()).build();
+    let result = support::builder().node(server.url()).build();
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
         .arg("maxclients")

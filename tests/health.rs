@@ -49,7 +49,7 @@ fn hung_minority_at_connect_costs_the_majority_nothing() {
     ] {
         let locks = support::manager_with(
             servers.iter().map(RedisServer::url).chain([third]),
-            LockManager::builder()
+            support::builder()
                 .connect_timeout(CONNECT_TIMEOUT)
                 .io_timeout(IO_TIMEOUT)
                 .pool_size(pool),
@@ -124,7 +124,7 @@ fn health_recovers_on_success() {
     let proxy = FaultProxy::start(server.port);
     let locks = support::manager_with(
         [proxy.url()],
-        LockManager::builder()
+        support::builder()
             .io_timeout(Duration::from_millis(50))
             .pool_size(8)
             .preconnect(8),

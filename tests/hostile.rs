@@ -8,8 +8,8 @@ use std::collections::HashSet;
 use std::sync::{Mutex, Once};
 use std::time::{Duration, Instant};
 
+use redlease::Error;
 use redlease::internals::{BenchToken, RELEASE_SCRIPT};
-use redlease::{Error, LockManager};
 use support::RedisServer;
 use support::alloc::CountingAllocator;
 use support::fake::{Answer, FakeRedis, redis_like};
@@ -91,7 +91,7 @@ fn a_million_tokens_are_distinct_and_unstructured() {
 #[test]
 fn forged_releases_delete_nothing() {
     let server = RedisServer::start();
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(server.url())
         .build()
         .expect("build");
@@ -183,7 +183,7 @@ fn hostile_replies_are_refused_with_bounded_memory() {
     ];
     for (what, on, reply) in cases {
         let fake = hostile(on, reply);
-        let locks = LockManager::builder()
+        let locks = support::builder()
             .node(fake.url())
             .io_timeout(Duration::from_millis(200))
             .build()
@@ -224,10 +224,7 @@ fn hostile_replies_are_refused_with_bounded_memory() {
 #[test]
 fn wrong_reply_type_to_release_is_a_protocol_error() {
     let fake = hostile(b"EVALSHA", Answer::Send(b"+OK\r\n".to_vec()));
-    let locks = LockManager::builder()
-        .node(fake.url())
-        .build()
-        .expect("build");
+    let locks = support::builder().node(fake.url()).build().expect("build");
     let lock = locks
         .try_lock("k", TTL)
         .expect("try_lock")
@@ -247,10 +244,10 @@ fn credentials_and_tokens_never_leak() {
     let port = server.port;
     let admin = format!("redis://:{SENTINEL}@127.0.0.1:{port}");
 
-    let wrong = LockManager::builder()
+    let wrong = support::builder()
         .node(format!("redis://:not-{SENTINEL}@127.0.0.1:{port}"))
         .build();
-    let missing = LockManager::builder()
+    let missing = support::builder()
         .node(format!("redis://127.0.0.1:{port}"))
         .build();
     let (wrong, missing) = (
@@ -286,7 +283,7 @@ fn credentials_and_tokens_never_leak() {
         .query(&mut con)
         .expect("ACL SETUSER");
     // `build()` probes for that and refuses the user at once...
-    let refused = LockManager::builder()
+    let refused = support::builder()
         .node(format!("redis://noscripts:{SENTINEL}@127.0.0.1:{port}"))
         .build()
         .expect_err("build as the limited user");
@@ -295,7 +292,7 @@ fn credentials_and_tokens_never_leak() {
         "{refused:?}"
     );
     // ... and a lazy manager, which cannot probe, reports it at release.
-    let limited = LockManager::builder()
+    let limited = support::builder()
         .node(format!("redis://noscripts:{SENTINEL}@127.0.0.1:{port}"))
         .connect_lazily(true)
         .build()
@@ -311,7 +308,7 @@ fn credentials_and_tokens_never_leak() {
     );
 
     // A lock whose release on drop fails (server gone) logs a warning.
-    let working = LockManager::builder()
+    let working = support::builder()
         .node(admin.as_str())
         .build()
         .expect("build");
@@ -379,7 +376,7 @@ fn least_privilege_user_works() {
         b"+script|load",
         b"+ping",
     ]);
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(format!(
             "redis://locker:locker-pw@127.0.0.1:{}",
             server.port

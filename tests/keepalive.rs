@@ -14,7 +14,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redlease::{Error, LockManager};
+use redlease::Error;
 use support::RedisServer;
 
 const CHILD_ENV: &str = "REDLEASE_KEEPALIVE_CHILD";
@@ -149,7 +149,7 @@ fn taken_by_another_is_lost_and_left_alone() {
 fn max_hold_caps_a_stuck_holder() {
     let server = RedisServer::start();
     let max_hold = Duration::from_millis(900);
-    let locks = support::manager_with([server.url()], LockManager::builder().max_hold(max_hold));
+    let locks = support::manager_with([server.url()], support::builder().max_hold(max_hold));
     let other = support::manager([server.url()]);
     let ttl = Duration::from_millis(300);
     let started = Instant::now();
@@ -242,7 +242,7 @@ fn plain_locks_report_loss_by_validity() {
 fn renewal_goes_on_with_a_node_stopped() {
     let servers = RedisServer::start_many(3);
     let urls = || servers.iter().map(RedisServer::url);
-    let builder = || LockManager::builder().io_timeout(Duration::from_millis(50));
+    let builder = || support::builder().io_timeout(Duration::from_millis(50));
     let locks = support::manager_with(urls(), builder());
     let other = support::manager_with(urls(), builder());
     let ttl = Duration::from_millis(400);
@@ -278,7 +278,7 @@ fn no_renewal_after_release() {
     let server = RedisServer::start();
     let locks = support::manager_with(
         [server.url()],
-        LockManager::builder().io_timeout(Duration::from_millis(500)),
+        support::builder().io_timeout(Duration::from_millis(500)),
     );
     let ttl = Duration::from_millis(30);
     let straddled = AtomicU32::new(0);

@@ -381,7 +381,7 @@ fn killed_idle_connections_are_replaced() {
 #[test]
 fn database_from_url() {
     let server = RedisServer::start();
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(format!("{}/3", server.url()))
         .build()
         .expect("build");

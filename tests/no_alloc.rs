@@ -97,7 +97,7 @@ fn hot_path_does_not_allocate() {
 #[test]
 fn fenced_cycles_do_not_allocate() {
     let servers = RedisServer::start_many(3);
-    let fencing = || redlease::LockManager::builder().fencing(true);
+    let fencing = || support::builder().fencing(true);
     let one = support::manager_with([servers[0].url()], fencing());
     let three = support::manager_with(servers.iter().map(RedisServer::url), fencing());
     let mut results = Vec::new();
@@ -135,10 +135,7 @@ fn contended_waits_do_not_allocate() {
     let servers = RedisServer::start_many(3);
     let one = support::manager([servers[0].url()]);
     let three = support::manager(servers.iter().map(RedisServer::url));
-    let fair = support::manager_with(
-        [servers[1].url()],
-        redlease::LockManager::builder().fair(true),
-    );
+    let fair = support::manager_with([servers[1].url()], support::builder().fair(true));
     let wake = redlease::RetryPolicy::default();
     let poll = redlease::RetryPolicy::exponential(Duration::from_millis(1))
         .max_delay(Duration::from_millis(2))

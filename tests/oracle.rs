@@ -22,7 +22,7 @@ fn patient() -> RetryPolicy {
 fn manager(servers: &[RedisServer]) -> LockManager {
     support::manager_with(
         servers.iter().map(RedisServer::url),
-        LockManager::builder().retry(patient()).pool_size(16),
+        support::builder().retry(patient()).pool_size(16),
     )
 }
 
@@ -155,7 +155,7 @@ fn child_process_worker() {
     let (oracle_url, urls, threads, rounds) = (parts[0], parts[1], parts[2], parts[3]);
     let threads: usize = threads.parse().expect("threads");
     let rounds: usize = rounds.parse().expect("rounds");
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .nodes(urls.split(','))
         .retry(patient())
         .build()

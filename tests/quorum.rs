@@ -13,7 +13,7 @@ const TTL: Duration = Duration::from_secs(10);
 fn manager(servers: &[RedisServer]) -> LockManager {
     support::manager_with(
         servers.iter().map(RedisServer::url),
-        LockManager::builder().io_timeout(Duration::from_millis(200)),
+        support::builder().io_timeout(Duration::from_millis(200)),
     )
 }
 

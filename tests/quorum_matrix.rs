@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 
-use redlease::{Error, LockManager};
+use redlease::Error;
 use support::RedisServer;
 use support::proxy::{FaultProxy, Mode};
 
@@ -67,7 +67,7 @@ fn check(nodes: &mut [Node], states: &[State], kill: bool) {
             State::Blackhole => node.proxy.set(Mode::Blackhole),
         }
     }
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .nodes(nodes.iter().map(|n| n.proxy.url()))
         .connect_lazily(true)
         .connect_timeout(Duration::from_millis(100))

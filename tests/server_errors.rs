@@ -7,7 +7,7 @@ mod support;
 use std::thread;
 use std::time::Duration;
 
-use redlease::{Error, LockManager};
+use redlease::Error;
 use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(10);
@@ -104,14 +104,14 @@ fn noperm() {
         b"ACL", b"SETUSER", b"noset", b"on", b">pw", b"~*", b"+@all", b"-set",
     ]);
     let url = format!("redis://noset:pw@127.0.0.1:{}", server.port);
-    match LockManager::builder().node(url.as_str()).build() {
+    match support::builder().node(url.as_str()).build() {
         Err(e @ Error::Permission { .. }) => {
             assert!(e.to_string().contains("SET"), "{e}");
             assert!(!e.is_retryable());
         }
         other => panic!("expected a permission error at build, got {other:?}"),
     }
-    let locks = LockManager::builder()
+    let locks = support::builder()
         .node(url)
         .connect_lazily(true)
         .build()

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redlease::{Error, LockManager, RetryPolicy};
+use redlease::{Error, RetryPolicy};
 use support::RedisServer;
 use support::oracle::Oracle;
 use support::proxy::FaultProxy;
@@ -36,7 +36,7 @@ fn soak() {
     let verdict_and_errors = {
         let mut servers = RedisServer::start_many(5);
         let proxies: Vec<FaultProxy> = servers.iter().map(|s| FaultProxy::start(s.port)).collect();
-        let locks = LockManager::builder()
+        let locks = support::builder()
             .nodes(proxies.iter().map(FaultProxy::url))
             .io_timeout(Duration::from_millis(50))
             .connect_timeout(Duration::from_millis(100))

@@ -41,7 +41,7 @@ impl Nodes {
         let proxies: Vec<FaultProxy> = servers.iter().map(|s| FaultProxy::start(s.port)).collect();
         let locks = support::manager_with(
             proxies.iter().map(FaultProxy::url),
-            LockManager::builder()
+            support::builder()
                 .io_timeout(io_timeout)
                 .connect_timeout(Duration::from_millis(200))
                 .pool_size(2),

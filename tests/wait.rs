@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use redlease::{Error, LockManager, RetryPolicy};
+use redlease::{Error, RetryPolicy};
 use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(30);
@@ -168,7 +168,7 @@ fn a_handoff_leaves_no_gap() {
 fn handoffs_keep_mutual_exclusion() {
     let server = RedisServer::start();
     let oracle = support::oracle::Oracle::new("handoff");
-    let locks = support::manager_with([server.url()], LockManager::builder().pool_size(16));
+    let locks = support::manager_with([server.url()], support::builder().pool_size(16));
     let verdict = oracle.run(8, 40, Duration::from_micros(200), |_| {
         Some(locks.lock_with("g", TTL, &woken_only()).expect("lock"))
     });
@@ -289,7 +289,7 @@ fn lost_subscriptions_are_recovered() {
 #[test]
 fn fair_mode_serves_in_order() {
     let server = RedisServer::start();
-    let fair = support::manager_with([server.url()], LockManager::builder().fair(true));
+    let fair = support::manager_with([server.url()], support::builder().fair(true));
     let deadline = Instant::now() + Duration::from_secs(2);
     let shares: Vec<u32> = thread::scope(|s| {
         let workers: Vec<_> = (0..8)
@@ -341,7 +341,7 @@ fn fair_mode_serves_in_order() {
 #[test]
 fn fair_mode_skips_dead_waiters() {
     let server = RedisServer::start();
-    let fair = support::manager_with([server.url()], LockManager::builder().fair(true));
+    let fair = support::manager_with([server.url()], support::builder().fair(true));
     let lock = fair.try_lock("z", TTL).expect("try_lock").expect("free");
     // A waiter at the head of the queue that will never come back: its
     // lease is renewed by nobody.
@@ -375,7 +375,7 @@ fn fair_mode_skips_dead_waiters() {
 /// Fair mode is one node only, and says why.
 #[test]
 fn fair_mode_refuses_a_quorum() {
-    match LockManager::builder()
+    match support::builder()
         .nodes([
             "redis://127.0.0.1:1",
             "redis://127.0.0.1:2",

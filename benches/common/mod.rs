@@ -188,6 +188,8 @@ impl Sequential {
                 .iter()
                 .map(|url| {
                     LockManager::builder()
+                        // A fresh private server: nothing for the restart quarantine to protect.
+                        .restart_quarantine(false)
                         .node(url.as_str())
                         .build()
                         .expect("build")

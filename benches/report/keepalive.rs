@@ -47,6 +47,8 @@ pub(crate) fn report(urls: &[String], pids: &[u32], quick: bool) {
     println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
     for nodes in [1, 3] {
         let locks = LockManager::builder()
+            // A fresh private server: nothing for the restart quarantine to protect.
+            .restart_quarantine(false)
             .nodes(urls[..nodes].iter().map(String::as_str))
             .build()
             .expect("build");

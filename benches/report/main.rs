@@ -177,6 +177,8 @@ fn report(s: &Settings) {
     let urls: Vec<String> = servers.iter().map(RedisServer::url).collect();
     let build = |n: usize| {
         LockManager::builder()
+            // A fresh private server: nothing for the restart quarantine to protect.
+            .restart_quarantine(false)
             .nodes(urls[..n].iter().map(String::as_str))
             .pool_size(16)
             .preconnect(16)
@@ -473,6 +475,8 @@ fn run_only(who: &str, port: u16, cycles: usize) {
     match who {
         "ours" => {
             let locks = LockManager::builder()
+                // A fresh private server: nothing for the restart quarantine to protect.
+                .restart_quarantine(false)
                 .node(url.as_str())
                 .build()
                 .expect("build");

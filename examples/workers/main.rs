@@ -82,6 +82,11 @@ struct Options {
     /// the order they asked.
     #[arg(long)]
     fair: bool,
+    /// No restart quarantine on the --url servers (for servers just
+    /// started, which otherwise grant no lock for a minute). Servers the
+    /// tool starts itself never have one.
+    #[arg(long)]
+    no_quarantine: bool,
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -201,6 +206,9 @@ fn run(o: &Options) -> Result<Summary, String> {
     };
     let locks = LockManager::builder()
         .nodes(urls.iter().map(String::as_str))
+        // Servers this run started are fresh and private: no one's locks to
+        // protect, so no restart quarantine. Given servers keep it on.
+        .restart_quarantine(servers.is_empty() && !o.no_quarantine)
         .pool_size(o.threads.min(1024) as usize)
         .preconnect(o.threads.min(1024) as usize)
         .fair(o.fair)

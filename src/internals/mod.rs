@@ -83,9 +83,10 @@ impl BenchPool {
                 connect: std::time::Duration::from_secs(1),
                 io: std::time::Duration::from_secs(1),
             },
-            crate::node::PoolConfig {
+            crate::node::NodeConfig {
                 max_conns: size,
                 wait: std::time::Duration::from_secs(1),
+                quarantine: None,
             },
         ));
         node.preconnect(size).expect("connect the bench pool");
