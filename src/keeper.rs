@@ -290,6 +290,10 @@ impl LeaseRef {
                 if renewed {
                     data.ttl = ttl;
                     data.period = period(ttl);
+                    let due = next_due(Instant::now() + data.period, data.hold_until);
+                    self.lease
+                        .due
+                        .store(self.lease.nanos(due), Ordering::Release);
                 }
                 true
             }
@@ -392,7 +396,13 @@ impl Keeper {
         };
         let now = Instant::now();
         let period = period(ttl);
-        let generation = {
+        // The first renewal comes a period from now, or sooner if less
+        // validity is left than a period's worth (a lock kept alive late).
+        let left = valid_until.saturating_duration_since(now);
+        let due = next_due(now + period.min(left / 3), hold_until);
+        let (generation, due) = {
+            // `due` is written under the data lock, as by the keeper, so
+            // that an old lease's late word cannot land on this one.
             let mut data = lease.data.lock();
             data.key.clear();
             data.key.extend_from_slice(key);
@@ -400,16 +410,16 @@ impl Keeper {
             data.ttl = ttl;
             data.period = period;
             data.hold_until = hold_until;
-            data.on_lost = None;
+            debug_assert!(data.on_lost.is_none(), "cleared by finish");
             lease
                 .valid_until
                 .store(lease.nanos(valid_until), Ordering::Release);
             let generation = (lease.state.load(Ordering::Acquire) >> 2) + 1;
             lease.state.store(word(generation, HELD), Ordering::Release);
-            generation
+            let due = lease.nanos(due);
+            lease.due.store(due, Ordering::Release);
+            (generation, due)
         };
-        let due = lease.nanos(next_due(now + period, hold_until));
-        lease.due.store(due, Ordering::Release);
         let first = table.heap.peek().is_none_or(|&Reverse((d, _))| due < d);
         table.queue(lease.slot, due);
         drop(table);
@@ -423,11 +433,32 @@ impl Keeper {
     /// its slot is free again.
     pub(crate) fn finish(&self, lease: LeaseRef) {
         let LeaseRef { lease, generation } = lease;
-        lease
-            .state
-            .store(word(generation, RELEASED), Ordering::Release);
+        // The callback goes with the lease: it may own things (a manager,
+        // a channel, even a lock) that must not outlive it, and it is
+        // dropped here, outside every lock of the keeper.
+        let on_lost = {
+            let mut data = lease.data.lock();
+            lease
+                .state
+                .store(word(generation, RELEASED), Ordering::Release);
+            data.on_lost.take()
+        };
         lease.ended.notify_all();
+        drop(on_lost);
         self.core.table.lock().free.push(lease.slot);
+    }
+
+    /// After an explicit extend changed a kept-alive lock's TTL: its next
+    /// renewal, as recorded on the lease, is put in the heap.
+    pub(crate) fn requeue(&self, lease: &LeaseRef) {
+        let due = lease.lease.due.load(Ordering::Acquire);
+        let mut table = self.core.table.lock();
+        let first = table.heap.peek().is_none_or(|&Reverse((d, _))| due < d);
+        table.queue(lease.lease.slot, due);
+        drop(table);
+        if first {
+            self.core.changed.notify_one();
+        }
     }
 
     fn start(&self) -> Result<(), Error> {
@@ -475,6 +506,9 @@ impl fmt::Debug for Keeper {
 fn next_due(after_period: Instant, hold_until: Option<Instant>) -> Instant {
     hold_until.map_or(after_period, |hold| hold.min(after_period))
 }
+
+/// A lost lease's key and token, to release what is left of it.
+type Leftover = (SmallVec<[u8; INLINE_KEY]>, Token);
 
 /// A lease taken into a batch, with the generation its data was read for.
 struct Taken<'a> {
@@ -586,13 +620,16 @@ impl Core {
         // Callbacks run once every lease's data is let go: a callback that
         // touches another lock of this batch must not find it held here.
         let mut callbacks: SmallVec<[OnLost; 2]> = SmallVec::new();
+        // Lost leases' leftovers, released once no lease data is held.
+        let mut leftovers: SmallVec<[Leftover; 2]> = SmallVec::new();
         let mut taken: SmallVec<[Taken<'_>; RENEW_BATCH]> = SmallVec::new();
         for lease in &work.batch {
             // A lease whose data is busy (an explicit extend under way) is
             // renewed by that; look again shortly.
+            // (Its due time is its holder's to change meanwhile: only the
+            // slot is looked at again.)
             let Some(data) = lease.data.try_lock() else {
-                work.next
-                    .push((lease.slot, self.reschedule(lease, began + RETRY_MIN)));
+                work.next.push((lease.slot, lease.nanos(began + RETRY_MIN)));
                 continue;
             };
             let word = lease.state.load(Ordering::Acquire);
@@ -605,7 +642,7 @@ impl Core {
                     "redlease: lock on {} held past its max_hold: no longer kept alive, reported lost",
                     data.key.escape_ascii()
                 );
-                callbacks.extend(self.lose(lease, generation, data, false));
+                callbacks.extend(self.lose(lease, generation, data, None));
                 continue;
             }
             let Some(token) = &data.token else { continue };
@@ -619,9 +656,7 @@ impl Core {
         }
         if taken.is_empty() {
             drop(taken);
-            for f in callbacks {
-                run_on_lost(f);
-            }
+            self.after(leftovers, callbacks);
             return;
         }
         let token = taken[0].data.token.expect("a taken lease has a token");
@@ -643,6 +678,10 @@ impl Core {
             let period = data.period;
             let hold_until = data.hold_until;
             let valid_until = match outcome {
+                // Loss is final: a lock whose validity ran out before the
+                // renewal was confirmed was unprotected for a while, and a
+                // later renewal cannot undo that.
+                Some(Renewal::Renewed(_)) if lease.valid_until() <= now => None,
                 Some(Renewal::Renewed(until)) => Some((*until, began + period)),
                 Some(Renewal::Undecided {
                     valid_until_at_most,
@@ -653,7 +692,8 @@ impl Core {
                         at_most.min(lease.valid_until())
                     });
                     let left = until.saturating_duration_since(now);
-                    (!left.is_zero()).then(|| (until, now + (left / 3).clamp(RETRY_MIN, period)))
+                    let retry = (left / 3).clamp(RETRY_MIN.min(period), period);
+                    (!left.is_zero()).then(|| (until, now + retry))
                 }
                 Some(Renewal::Lost) | None => None,
             };
@@ -662,32 +702,37 @@ impl Core {
                     lease
                         .valid_until
                         .store(lease.nanos(until), Ordering::Release);
+                    // Under the data lock, like every write of `due`.
+                    let due = lease.nanos(next_due(due, hold_until));
+                    lease.due.store(due, Ordering::Release);
                     drop(data);
-                    let due = next_due(due, hold_until);
-                    work.next.push((lease.slot, self.reschedule(lease, due)));
+                    work.next.push((lease.slot, due));
                 }
                 None => {
                     log::warn!(
                         "redlease: kept-alive lock on {} lost",
                         data.key.escape_ascii()
                     );
-                    callbacks.extend(self.lose(lease, generation, data, true));
+                    callbacks.extend(self.lose(lease, generation, data, Some(&mut leftovers)));
                 }
             }
+        }
+        self.after(leftovers, callbacks);
+    }
+
+    /// What follows a batch once no lease data is held: lost leases'
+    /// leftovers released (best effort), then their callbacks.
+    fn after(&self, leftovers: SmallVec<[Leftover; 2]>, callbacks: SmallVec<[OnLost; 2]>) {
+        for (key, token) in leftovers {
+            let _ = self.quorum.release(&key, &token);
         }
         for f in callbacks {
             run_on_lost(f);
         }
     }
 
-    fn reschedule(&self, lease: &Lease, due: Instant) -> u64 {
-        let due = lease.nanos(due);
-        lease.due.store(due, Ordering::Release);
-        due
-    }
-
-    /// Reports a lease lost: its state and its waiters; with `clean_up`,
-    /// whatever is left of it on the nodes is released (its holder cannot
+    /// Reports a lease lost: its state and its waiters; with `leftovers`,
+    /// notes what is left of it on the nodes for release (its holder cannot
     /// use it any more, and others should not wait for its TTL). Returns
     /// its callback, for the caller to run.
     fn lose(
@@ -695,14 +740,14 @@ impl Core {
         lease: &Lease,
         generation: u64,
         mut data: MutexGuard<'_, LeaseData>,
-        clean_up: bool,
+        leftovers: Option<&mut SmallVec<[Leftover; 2]>>,
     ) -> Option<OnLost> {
         if !lease.mark_lost(generation) {
             return None;
         }
         let on_lost = data.on_lost.take();
-        if clean_up && let Some(token) = &data.token {
-            let _ = self.quorum.release(&data.key, token);
+        if let (Some(leftovers), Some(token)) = (leftovers, data.token) {
+            leftovers.push((data.key.clone(), token));
         }
         drop(data);
         lease.ended.notify_all();

@@ -155,16 +155,27 @@ impl Lock {
             return Ok(fence);
         }
         if self.is_lost() {
+            self.give_up();
             return Err(Error::LockLost);
         }
+        let confirmed = self.manager.confirm_fence(&self.key, &self.token, fence);
+        // Usable only if the lock was still valid when the write-back was
+        // confirmed (a kept-alive lock's validity may have moved meanwhile).
         let valid_until = match &self.lease {
             Some(lease) => lease.valid_until(),
             None => self.valid_until,
         };
-        self.manager
-            .confirm_fence(&self.key, &self.token, fence, valid_until)?;
-        self.fence = Some((fence, true));
-        Ok(fence)
+        match confirmed {
+            Ok(end) if end < valid_until && !self.is_lost() => {
+                self.fence = Some((fence, true));
+                Ok(fence)
+            }
+            Ok(_) | Err(Error::LockLost) => {
+                self.give_up();
+                Err(Error::LockLost)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The fence as the acquisition found it, before any write-back: for
@@ -188,7 +199,10 @@ impl Lock {
     ///
     /// The TTL should be well above three round trips (and the I/O
     /// timeout) to the nodes. Renewals never re-create a missing key, and
-    /// none is sent once release has begun.
+    /// none starts once release has begun (one already under way can only
+    /// renew a key that still holds our token, which the release deletes).
+    /// Loss is final: a lock whose validity ran out before a renewal was
+    /// confirmed stays lost.
     ///
     /// ```no_run
     /// # use std::time::Duration;
@@ -298,6 +312,9 @@ impl Lock {
             });
             if kept {
                 self.ttl = ttl;
+                if outcome.is_ok() {
+                    self.manager.requeue_lease(lease);
+                }
             }
             return outcome;
         }

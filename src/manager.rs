@@ -382,17 +382,15 @@ impl LockManager {
             .keep(key, token, ttl, valid_until, hold_until)
     }
 
-    /// Confirms a fence over the quorum; for [`Lock::fence`].
-    pub(crate) fn confirm_fence(
-        &self,
-        key: &[u8],
-        token: &Token,
-        fence: u64,
-        valid_until: Instant,
-    ) -> Result<()> {
-        self.shared
-            .quorum
-            .confirm_fence(key, token, fence, valid_until)
+    /// Confirms a fence over the quorum; for [`Lock::fence`]. Returns when
+    /// the last reply came.
+    pub(crate) fn confirm_fence(&self, key: &[u8], token: &Token, fence: u64) -> Result<Instant> {
+        self.shared.quorum.confirm_fence(key, token, fence)
+    }
+
+    /// A kept-alive lock's next renewal moved (an explicit extend).
+    pub(crate) fn requeue_lease(&self, lease: &LeaseRef) {
+        self.shared.keeper.requeue(lease);
     }
 
     /// A kept-alive lock's holder is done with its lease.

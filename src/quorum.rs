@@ -347,8 +347,9 @@ impl Quorum {
     /// Makes `fence`, the highest counter a lock's granting nodes gave,
     /// safe to use over a quorum: writes it back to every node, each write
     /// conditional on the key still holding our token there, and succeeds
-    /// when a majority took it while the lock is still valid (before
-    /// `valid_until`). With one node the counter is the fence already.
+    /// when a majority took it; returns when the last reply came, for the
+    /// caller to check the lock was still valid then. With one node the
+    /// counter is the fence already.
     ///
     /// Why the maximum alone is not enough, and why this is: counters drift
     /// apart through partial attempts (counters 100, 5, 5: A wins nodes 1
@@ -366,19 +367,15 @@ impl Quorum {
         key: &[u8],
         token: &Token,
         fence: u64,
-        valid_until: Instant,
-    ) -> Result<(), Error> {
+    ) -> Result<Instant, Error> {
         if self.nodes.len() == 1 {
-            return Ok(());
+            return Ok(Instant::now());
         }
         let round = self.round(Op::FenceWrite { fence }, key, token);
         let tally = round.tally();
-        if tally.yes_count() >= self.needed() && tally.end < valid_until {
-            Ok(())
-        } else if tally.yes_count() >= self.needed()
-            || tally.no_count() > self.nodes.len() - self.needed()
-        {
-            // Confirmed too late to use, or no longer ours on a majority.
+        if tally.yes_count() >= self.needed() {
+            Ok(tally.end)
+        } else if tally.no_count() > self.nodes.len() - self.needed() {
             Err(Error::LockLost)
         } else {
             Err(self.no_quorum(round.into_tally()))

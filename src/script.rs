@@ -19,24 +19,29 @@ use crate::error::Failure;
 use crate::resp::{self, Reply};
 use crate::token::Token;
 
+/// Every script reads the lock's key with `pcall`: a key written over with
+/// another type by someone else is simply not ours (no `WRONGTYPE` error).
+///
 /// Compare-and-delete: deletes the key only if it still holds our token,
 /// then tells waiters (a message on the key's wake channel carrying the
 /// token's first 8 digits, so that the releasing process can tell its own
 /// releases apart). `pcall`: a user not allowed to publish still releases.
-pub(crate) const RELEASE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then redis.call("del", KEYS[1]) redis.pcall("publish", "redlease:wake:" .. KEYS[1], string.sub(ARGV[1], 1, 8)) return 1 else return 0 end"#;
+pub(crate) const RELEASE: &str = r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then redis.call("del", KEYS[1]) redis.pcall("publish", "redlease:wake:" .. KEYS[1], string.sub(ARGV[1], 1, 8)) return 1 else return 0 end"#;
 
 /// Compare-and-pexpire: renews the key only if it still holds our token.
 /// Never re-creates a missing key.
-pub(crate) const EXTEND: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
+pub(crate) const EXTEND: &str = r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then return redis.call("pexpire", KEYS[1], ARGV[2]) else return 0 end"#;
 
 /// Compare-and-pexpire for many keys at once (the lease keeper's batched
 /// renewal): KEYS are the locks, ARGV their tokens and TTLs in pairs.
 /// Replies with a bit mask: bit `i` set when `KEYS[i + 1]` still held its
 /// token and was renewed. At most [`RENEW_BATCH`] keys, so the mask is
-/// exact in Lua's numbers. Never re-creates a missing key.
+/// exact in Lua's numbers. Never re-creates a missing key. `pcall`: a key
+/// that is no longer a string (written over by someone else) is not renewed,
+/// and does not fail the batch's other locks.
 pub(crate) const EXTEND_MANY: &str = r#"local bits, bit = 0, 1
 for i = 1, #KEYS do
-  if redis.call("get", KEYS[i]) == ARGV[2 * i - 1] then
+  if redis.pcall("get", KEYS[i]) == ARGV[2 * i - 1] then
     redis.call("pexpire", KEYS[i], ARGV[2 * i])
     bits = bits + bit
   end
@@ -61,7 +66,7 @@ pub(crate) const FENCED_ACQUIRE: &str = r#"if redis.call("set", KEYS[1], ARGV[1]
   end
   return redis.status_reply(string.format("%.0f", fence))
 end
-if redis.call("get", KEYS[1]) == ARGV[1] then
+if redis.pcall("get", KEYS[1]) == ARGV[1] then
   return redis.status_reply(string.format("%.0f", tonumber(redis.call("get", KEYS[2]) or "0")))
 end
 if ARGV[3] == "1" then return redis.call("pttl", KEYS[1]) end
@@ -70,7 +75,7 @@ return false"#;
 /// The fence write-back (fencing over a quorum): raises the key's fence
 /// counter to `ARGV[2]` only while the key holds our token (`ARGV[1]`).
 /// Replies 1 when the key was ours, else 0.
-pub(crate) const FENCE_WRITE: &str = r#"if redis.call("get", KEYS[1]) ~= ARGV[1] then return 0 end
+pub(crate) const FENCE_WRITE: &str = r#"if redis.pcall("get", KEYS[1]) ~= ARGV[1] then return 0 end
 if tonumber(redis.call("get", KEYS[2]) or "0") < tonumber(ARGV[2]) then
   redis.call("set", KEYS[2], ARGV[2])
 end
@@ -87,13 +92,13 @@ pub(crate) const RENEW_BATCH: usize = 32;
 /// in one step, only if it still holds ours; it is never free in between,
 /// so no one else can slip in, and no one is told (nothing was released).
 /// Idempotent: finding the waiter's token, it says the handoff is done.
-pub(crate) const HANDOFF: &str = r#"local v = redis.call("get", KEYS[1]) if v == ARGV[1] then redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 elseif v == ARGV[2] then return 1 else return 0 end"#;
+pub(crate) const HANDOFF: &str = r#"local v = redis.pcall("get", KEYS[1]) if v == ARGV[1] then redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3]) return 1 elseif v == ARGV[2] then return 1 else return 0 end"#;
 
 /// An acquisition attempt by a waiter: `SET NX PX`, or when the key is held,
 /// how long it stays held (`PTTL`), in the same round trip. Finding our own
 /// token it says granted: the attempt is also how an acquisition is sent
 /// again after a connection died (the first sending may have landed).
-pub(crate) const ACQUIRE_OR_PTTL: &str = r#"local ok = redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) if ok then return ok end if redis.call("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end return redis.call("pttl", KEYS[1])"#;
+pub(crate) const ACQUIRE_OR_PTTL: &str = r#"local ok = redis.call("set", KEYS[1], ARGV[1], "NX", "PX", ARGV[2]) if ok then return ok end if redis.pcall("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end return redis.call("pttl", KEYS[1])"#;
 
 /// Fair mode (one node): first come, first served. KEYS: the lock, the queue
 /// (token → ticket), the leases (token → deadline, server time in ms), the
@@ -106,7 +111,7 @@ pub(crate) const ACQUIRE_OR_PTTL: &str = r#"local ok = redis.call("set", KEYS[1]
 /// renews them. Replies `+OK` when granted (or already ours: a waiter keeps
 /// one token), else the lock's PTTL, or -3 when it is free but the head's
 /// turn.
-pub(crate) const FAIR_ACQUIRE: &str = r#"if redis.call("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end
+pub(crate) const FAIR_ACQUIRE: &str = r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end
 local t = redis.call("time")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, w in ipairs(redis.call("zrangebyscore", KEYS[3], "-inf", now)) do

@@ -420,3 +420,120 @@ fn a_callback_may_touch_another_lock() {
     assert!(!third.is_lost());
     assert!(third.release().expect("release"));
 }
+
+/// A TTL shorter than three retry intervals (12 ms) whose renewal cannot
+/// be decided (its node blackholed) is lost — and the keeper lives on to
+/// keep other locks alive.
+#[test]
+fn a_tiny_ttl_undecided_renewal_does_not_stop_the_keeper() {
+    let server = RedisServer::start();
+    let proxy = support::proxy::FaultProxy::start(server.port);
+    let locks = support::manager_with(
+        [proxy.url()],
+        support::builder().io_timeout(Duration::from_millis(5)),
+    );
+    let tiny = locks
+        .try_lock("tiny", Duration::from_millis(12))
+        .expect("try_lock")
+        .expect("free")
+        .keep_alive()
+        .expect("keep_alive");
+    proxy.set(support::proxy::Mode::Blackhole);
+    assert!(tiny.wait_lost(Duration::from_secs(2)));
+    proxy.set(support::proxy::Mode::Pass);
+    drop(tiny);
+    let ttl = Duration::from_millis(300);
+    support::eventually(Duration::from_secs(3), "a lock again", || {
+        locks.try_lock("after", ttl).is_ok_and(|l| l.is_some())
+    });
+    let _: i64 = server.cmd(&[b"DEL", b"after"]);
+    let lock = locks
+        .try_lock("after", ttl)
+        .expect("try_lock")
+        .expect("free")
+        .keep_alive()
+        .expect("keep_alive");
+    stays_alive(&lock, &server, b"after", ttl * 3);
+    assert!(lock.release().expect("release"));
+}
+
+/// A callback goes with its lock: released, the lock drops it (what it
+/// captured is freed at once, a channel closes), without waiting for the
+/// slot to be reused.
+#[test]
+fn a_released_lock_drops_its_callback() {
+    let server = RedisServer::start();
+    let locks = support::manager([server.url()]);
+    let lock = locks
+        .try_lock("cb", Duration::from_secs(3))
+        .expect("try_lock")
+        .expect("free")
+        .keep_alive()
+        .expect("keep_alive");
+    let (tx, rx) = mpsc::channel::<()>();
+    let manager = locks.clone();
+    lock.on_lost(move || {
+        let _ = tx.send(());
+        drop(manager);
+    })
+    .expect("on_lost");
+    assert!(lock.release().expect("release"));
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(1)),
+        Err(mpsc::RecvTimeoutError::Disconnected),
+        "the callback (and its sender) outlived the release"
+    );
+}
+
+/// Kept alive late (most of its TTL gone) or extended to a shorter TTL,
+/// a lock's next renewal comes in time for what is left.
+#[test]
+fn renewals_follow_validity_left_and_shorter_ttls() {
+    let server = RedisServer::start();
+    let locks = support::manager([server.url()]);
+    let late = locks
+        .try_lock("late", Duration::from_millis(600))
+        .expect("try_lock")
+        .expect("free");
+    thread::sleep(Duration::from_millis(420));
+    let late = late.keep_alive().expect("keep_alive");
+    stays_alive(&late, &server, b"late", Duration::from_millis(1200));
+    assert!(late.release().expect("release"));
+
+    let mut shorter = locks
+        .try_lock("shorter", Duration::from_secs(3))
+        .expect("try_lock")
+        .expect("free")
+        .keep_alive()
+        .expect("keep_alive");
+    shorter.extend(Duration::from_millis(300)).expect("extend");
+    stays_alive(&shorter, &server, b"shorter", Duration::from_millis(1200));
+    assert!(server.pttl(b"shorter") <= 300);
+    assert!(shorter.release().expect("release"));
+}
+
+/// A key written over with another type (a list) fails only its own lock:
+/// the other locks of the same renewal batch stay alive.
+#[test]
+fn a_key_written_over_fails_only_its_own_lock() {
+    let server = RedisServer::start();
+    let locks = support::manager([server.url()]);
+    let ttl = Duration::from_millis(400);
+    let take = |key: &str| {
+        locks
+            .try_lock(key, ttl)
+            .expect("try_lock")
+            .expect("free")
+            .keep_alive()
+            .expect("keep_alive")
+    };
+    let (victim, bystander) = (take("over:1"), take("over:2"));
+    let _: i64 = server.cmd(&[b"DEL", b"over:1"]);
+    let _: i64 = server.cmd(&[b"LPUSH", b"over:1", b"not a lock"]);
+    assert!(victim.wait_lost(Duration::from_secs(2)));
+    stays_alive(&bystander, &server, b"over:2", ttl * 3);
+    assert!(bystander.release().expect("release"));
+    assert!(!victim.release().expect("release"));
+    let kind: String = server.cmd(&[b"TYPE", b"over:1"]);
+    assert_eq!(kind, "list", "the other owner's key was touched");
+}
