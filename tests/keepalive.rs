@@ -21,6 +21,16 @@ const CHILD_ENV: &str = "REDLEASE_KEEPALIVE_CHILD";
 
 /// Samples `lock` every few milliseconds for `span`: it must never report
 /// lost, and the servers must hold its key all along.
+/// A lock on `key`, which must be free, kept alive.
+fn kept(locks: &redlease::LockManager, key: impl AsRef<[u8]>, ttl: Duration) -> redlease::Lock {
+    locks
+        .try_lock(key, ttl)
+        .expect("try_lock")
+        .expect("free")
+        .keep_alive()
+        .expect("keep_alive")
+}
+
 fn stays_alive(lock: &redlease::Lock, server: &RedisServer, key: &[u8], span: Duration) {
     let end = Instant::now() + span;
     let mut samples = 0;
@@ -41,12 +51,7 @@ fn kept_alive_past_its_ttl_and_released() {
     let locks = support::manager([server.url()]);
     let other = support::manager([server.url()]);
     let ttl = Duration::from_millis(300);
-    let lock = locks
-        .try_lock("ka", ttl)
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "ka", ttl);
     assert!(lock.is_kept_alive());
     stays_alive(&lock, &server, b"ka", Duration::from_millis(1500));
     assert!(other.try_lock("ka", ttl).expect("rival").is_none());
@@ -120,12 +125,7 @@ fn taken_by_another_is_lost_and_left_alone() {
     let server = RedisServer::start();
     let locks = support::manager([server.url()]);
     let ttl = Duration::from_millis(600);
-    let lock = locks
-        .try_lock("taken", ttl)
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "taken", ttl);
     // Another client overwrites it (as an expiry and a rival's SET would).
     let _: () = server.cmd(&[b"SET", b"taken", b"someone-else", b"PX", b"60000"]);
     assert!(
@@ -153,12 +153,7 @@ fn max_hold_caps_a_stuck_holder() {
     let other = support::manager([server.url()]);
     let ttl = Duration::from_millis(300);
     let started = Instant::now();
-    let lock = locks
-        .try_lock("stuck", ttl)
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "stuck", ttl);
     // Renewed well past its TTL…
     stays_alive(&lock, &server, b"stuck", Duration::from_millis(600));
     // …until max_hold.
@@ -197,12 +192,7 @@ fn max_hold_caps_a_stuck_holder() {
 fn extend_on_a_kept_alive_lock() {
     let server = RedisServer::start();
     let locks = support::manager([server.url()]);
-    let mut lock = locks
-        .try_lock("ext", Duration::from_millis(300))
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let mut lock = kept(&locks, "ext", Duration::from_millis(300));
     lock.extend(Duration::from_secs(20)).expect("extend");
     assert!(lock.remaining() > Duration::from_secs(19));
     assert!(server.pttl(b"ext") > 19_000);
@@ -246,12 +236,7 @@ fn renewal_goes_on_with_a_node_stopped() {
     let locks = support::manager_with(urls(), builder());
     let other = support::manager_with(urls(), builder());
     let ttl = Duration::from_millis(400);
-    let lock = locks
-        .try_lock("q", ttl)
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "q", ttl);
     servers[0].signal("STOP");
     let end = Instant::now() + Duration::from_millis(1600);
     while Instant::now() < end {
@@ -372,12 +357,7 @@ fn killed_holder_expires_within_its_ttl() {
 fn child_holder() {
     let url = std::env::var(CHILD_ENV).expect("run only by the parent test");
     let locks = support::manager([url]);
-    let lock = locks
-        .try_lock("crash", Duration::from_millis(500))
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "crash", Duration::from_millis(500));
     println!("held");
     thread::sleep(Duration::from_secs(60));
     drop(lock);
@@ -391,14 +371,7 @@ fn a_callback_may_touch_another_lock() {
     let server = RedisServer::start();
     let locks = support::manager([server.url()]);
     let ttl = Duration::from_millis(600);
-    let take = |key: &str| {
-        locks
-            .try_lock(key, ttl)
-            .expect("try_lock")
-            .expect("free")
-            .keep_alive()
-            .expect("keep_alive")
-    };
+    let take = |key: &str| kept(&locks, key, ttl);
     let first = take("cb:1");
     let second = Arc::new(take("cb:2"));
     let (tx, rx) = mpsc::channel();
@@ -432,12 +405,7 @@ fn a_tiny_ttl_undecided_renewal_does_not_stop_the_keeper() {
         [proxy.url()],
         support::builder().io_timeout(Duration::from_millis(5)),
     );
-    let tiny = locks
-        .try_lock("tiny", Duration::from_millis(12))
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let tiny = kept(&locks, "tiny", Duration::from_millis(12));
     proxy.set(support::proxy::Mode::Blackhole);
     assert!(tiny.wait_lost(Duration::from_secs(2)));
     proxy.set(support::proxy::Mode::Pass);
@@ -447,12 +415,7 @@ fn a_tiny_ttl_undecided_renewal_does_not_stop_the_keeper() {
         locks.try_lock("after", ttl).is_ok_and(|l| l.is_some())
     });
     let _: i64 = server.cmd(&[b"DEL", b"after"]);
-    let lock = locks
-        .try_lock("after", ttl)
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "after", ttl);
     stays_alive(&lock, &server, b"after", ttl * 3);
     assert!(lock.release().expect("release"));
 }
@@ -464,12 +427,7 @@ fn a_tiny_ttl_undecided_renewal_does_not_stop_the_keeper() {
 fn a_released_lock_drops_its_callback() {
     let server = RedisServer::start();
     let locks = support::manager([server.url()]);
-    let lock = locks
-        .try_lock("cb", Duration::from_secs(3))
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let lock = kept(&locks, "cb", Duration::from_secs(3));
     let (tx, rx) = mpsc::channel::<()>();
     let manager = locks.clone();
     lock.on_lost(move || {
@@ -500,12 +458,7 @@ fn renewals_follow_validity_left_and_shorter_ttls() {
     stays_alive(&late, &server, b"late", Duration::from_millis(1200));
     assert!(late.release().expect("release"));
 
-    let mut shorter = locks
-        .try_lock("shorter", Duration::from_secs(3))
-        .expect("try_lock")
-        .expect("free")
-        .keep_alive()
-        .expect("keep_alive");
+    let mut shorter = kept(&locks, "shorter", Duration::from_secs(3));
     shorter.extend(Duration::from_millis(300)).expect("extend");
     stays_alive(&shorter, &server, b"shorter", Duration::from_millis(1200));
     assert!(server.pttl(b"shorter") <= 300);
@@ -519,14 +472,7 @@ fn a_key_written_over_fails_only_its_own_lock() {
     let server = RedisServer::start();
     let locks = support::manager([server.url()]);
     let ttl = Duration::from_millis(400);
-    let take = |key: &str| {
-        locks
-            .try_lock(key, ttl)
-            .expect("try_lock")
-            .expect("free")
-            .keep_alive()
-            .expect("keep_alive")
-    };
+    let take = |key: &str| kept(&locks, key, ttl);
     let (victim, bystander) = (take("over:1"), take("over:2"));
     let _: i64 = server.cmd(&[b"DEL", b"over:1"]);
     let _: i64 = server.cmd(&[b"LPUSH", b"over:1", b"not a lock"]);

@@ -139,6 +139,32 @@ impl Nodes {
         }
     }
 
+    /// One step's random faults: a mode for every proxy, and maybe one
+    /// server paused (SIGSTOP; the caller continues it). Returns the
+    /// longest delay set, and the paused server.
+    fn random_faults(&self, rng: &mut fastrand::Rng) -> (Duration, Option<usize>) {
+        let mut longest_delay = Duration::ZERO;
+        for proxy in &self.proxies {
+            let mode = match rng.u32(0..100) {
+                0..65 => Mode::Pass,
+                65..80 => {
+                    let d = Duration::from_millis(rng.u64(1..=20));
+                    longest_delay = longest_delay.max(d);
+                    Mode::Delay(d)
+                }
+                80..90 => Mode::DropReplies,
+                90..97 => Mode::Blackhole,
+                _ => Mode::Refuse,
+            };
+            proxy.set(mode);
+        }
+        let paused = (rng.u32(0..100) < 10).then(|| rng.usize(0..self.servers.len()));
+        if let Some(i) = paused {
+            self.servers[i].signal("STOP");
+        }
+        (longest_delay, paused)
+    }
+
     fn all(&self, mode: Mode) {
         for proxy in &self.proxies {
             proxy.set(mode);
@@ -233,6 +259,17 @@ fn longer_extend_keeps_or_grows_validity() {
     assert!(lock.release().expect("release"));
 }
 
+/// The run's seed (`REDLEASE_INVARIANT_SEED`, else random; printed so that
+/// a failure can be replayed) and its generator.
+fn seeded() -> (u64, fastrand::Rng) {
+    let seed = std::env::var("REDLEASE_INVARIANT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("seed {seed} (REDLEASE_INVARIANT_SEED={seed} replays it)");
+    (seed, fastrand::Rng::with_seed(seed))
+}
+
 fn steps() -> usize {
     std::env::var("REDLEASE_INVARIANT_STEPS")
         .ok()
@@ -244,12 +281,7 @@ fn steps() -> usize {
 /// nodes.
 #[test]
 fn remaining_never_exceeds_what_a_majority_holds() {
-    let seed = std::env::var("REDLEASE_INVARIANT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (REDLEASE_INVARIANT_SEED={seed} replays it)");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (seed, mut rng) = seeded();
     for n in [1, 3, 5] {
         let nodes = Nodes::new(n, Duration::from_millis(40));
         let mut held: Option<(Lock, Vec<u8>)> = None;
@@ -257,25 +289,7 @@ fn remaining_never_exceeds_what_a_majority_holds() {
         let (mut grants, mut failed_extends, mut checks) = (0, 0, 0);
         for step in 0..steps() {
             // This step's faults.
-            let mut longest_delay = Duration::ZERO;
-            for proxy in &nodes.proxies {
-                let mode = match rng.u32(0..100) {
-                    0..65 => Mode::Pass,
-                    65..80 => {
-                        let d = Duration::from_millis(rng.u64(1..=20));
-                        longest_delay = longest_delay.max(d);
-                        Mode::Delay(d)
-                    }
-                    80..90 => Mode::DropReplies,
-                    90..97 => Mode::Blackhole,
-                    _ => Mode::Refuse,
-                };
-                proxy.set(mode);
-            }
-            let paused = (rng.u32(0..100) < 10).then(|| rng.usize(0..n));
-            if let Some(i) = paused {
-                nodes.servers[i].signal("STOP");
-            }
+            let (longest_delay, paused) = nodes.random_faults(&mut rng);
 
             let ttl = Duration::from_millis(match rng.u32(0..3) {
                 0 => rng.u64(5..40),
@@ -344,37 +358,15 @@ fn remaining_never_exceeds_what_a_majority_holds() {
 /// Steps are counted by `REDLEASE_INVARIANT_STEPS` too.
 #[test]
 fn kept_alive_remaining_never_exceeds_what_a_majority_holds() {
-    let seed = std::env::var("REDLEASE_INVARIANT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| fastrand::u64(..));
-    println!("seed {seed} (REDLEASE_INVARIANT_SEED={seed} replays it)");
-    let mut rng = fastrand::Rng::with_seed(seed);
+    let (seed, mut rng) = seeded();
     for n in [1, 3] {
         let nodes = Nodes::new(n, Duration::from_millis(40));
         let mut held: Option<(Lock, Vec<u8>)> = None;
         let key = b"kept";
         let (mut grants, mut lost, mut checks) = (0, 0, 0);
         for step in 0..steps() {
-            let mut longest_delay = Duration::ZERO;
-            for proxy in &nodes.proxies {
-                let mode = match rng.u32(0..100) {
-                    0..70 => Mode::Pass,
-                    70..85 => {
-                        let d = Duration::from_millis(rng.u64(1..=30));
-                        longest_delay = longest_delay.max(d);
-                        Mode::Delay(d)
-                    }
-                    85..93 => Mode::DropReplies,
-                    93..97 => Mode::Blackhole,
-                    _ => Mode::Refuse,
-                };
-                proxy.set(mode);
-            }
-            let paused = (rng.u32(0..100) < 10).then(|| rng.usize(0..n));
-            if let Some(i) = paused {
-                nodes.servers[i].signal("STOP");
-            }
+            // This step's faults.
+            let (longest_delay, paused) = nodes.random_faults(&mut rng);
             let mut granted = None;
             let action = match held.take() {
                 None => {
