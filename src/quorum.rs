@@ -241,17 +241,17 @@ impl Quorum {
         start + ttl.saturating_sub(self.drift(ttl))
     }
 
+    /// A round of `op` over the nodes, not yet run. (Rounds are built
+    /// where they are used and run in place: a round is a few hundred
+    /// bytes, and moving it would cost the hot path copies.)
     fn round<'q>(&'q self, op: Op<'q>, key: &'q [u8], token: &'q Token) -> Round<'q> {
-        let mut round = Round::new(&self.nodes, self.io_timeout, op, key, token);
-        round.run(self.all());
-        round
+        Round::new(&self.nodes, self.io_timeout, op, key, token)
     }
 
-    /// A round for an operation that can grant a lock: nodes in their
-    /// restart quarantine take no part (they may have lost locks they
-    /// held) and count as failed, so the majority needed is unchanged.
-    fn grant_round<'q>(&'q self, op: Op<'q>, key: &'q [u8], token: &'q Token) -> Round<'q> {
-        let mut round = Round::new(&self.nodes, self.io_timeout, op, key, token);
+    /// Runs an operation that can grant a lock: nodes in their restart
+    /// quarantine take no part (they may have lost locks they held) and
+    /// count as failed, so the majority needed is unchanged.
+    fn run_granting(&self, round: &mut Round<'_>) {
         let mut targets = self.all();
         for (i, node) in self.nodes.iter().enumerate() {
             if let Some(left) = node.quarantined() {
@@ -260,7 +260,6 @@ impl Quorum {
             }
         }
         round.run(targets);
-        round
     }
 
     /// One acquisition attempt. On anything but success, whatever it may
@@ -282,7 +281,8 @@ impl Quorum {
                 pttl: waiting,
             },
         };
-        let round = self.grant_round(op, key, token);
+        let mut round = self.round(op, key, token);
+        self.run_granting(&mut round);
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -324,7 +324,8 @@ impl Quorum {
             ttl_ms: millis(ttl),
             to: theirs,
         };
-        let round = self.grant_round(op, key, ours);
+        let mut round = self.round(op, key, ours);
+        self.run_granting(&mut round);
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -371,7 +372,8 @@ impl Quorum {
         if self.nodes.len() == 1 {
             return Ok(Instant::now());
         }
-        let round = self.round(Op::FenceWrite { fence }, key, token);
+        let mut round = self.round(Op::FenceWrite { fence }, key, token);
+        round.run(self.all());
         let tally = round.tally();
         if tally.yes_count() >= self.needed() {
             Ok(tally.end)
@@ -385,13 +387,14 @@ impl Quorum {
     /// Fair mode: leaves the queue (a waiter giving up), best effort; the
     /// queue's lease would drop it anyway.
     pub(crate) fn fair_leave(&self, key: &[u8], token: &Token) {
-        let _ = self.round(Op::FairLeave, key, token);
+        self.round(Op::FairLeave, key, token).run(self.all());
     }
 
     /// Releases on every node. `true` when a quorum deleted our key, `false`
     /// when a majority no longer held our token.
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool, Error> {
-        let round = self.round(Op::Release, key, token);
+        let mut round = self.round(Op::Release, key, token);
+        round.run(self.all());
         let tally = round.tally();
         if tally.yes_count() >= self.needed() {
             Ok(true)
@@ -421,13 +424,11 @@ impl Quorum {
         token: &Token,
         ttl: Duration,
     ) -> Result<Instant, ExtendFailed> {
-        let round = self.round(
-            Op::Extend {
-                ttl_ms: millis(ttl),
-            },
-            key,
-            token,
-        );
+        let op = Op::Extend {
+            ttl_ms: millis(ttl),
+        };
+        let mut round = self.round(op, key, token);
+        round.run(self.all());
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -466,7 +467,10 @@ impl Quorum {
         ttls: &[Duration],
         mut each: impl FnMut(usize, Renewal),
     ) {
-        let round = self.round(op, b"", token);
+        let mut answers = [0u64; MAX_NODES];
+        let mut round = self.round(op, b"", token);
+        round.record_each(&mut answers[..self.nodes.len()]);
+        round.run(self.all());
         let tally = round.tally();
         let spare = self.nodes.len() - self.needed();
         for (j, &ttl) in ttls.iter().enumerate() {

@@ -118,8 +118,10 @@ pub(crate) struct Round<'q> {
     /// gone: a clean-up must open another.
     orphans: Mask,
     /// A batched renewal's answers, node by node (bit `j`: lock `j`
-    /// renewed there); empty for every other operation.
-    each: SmallVec<[u64; 8]>,
+    /// renewed there), in the caller's buffer; `None` for every other
+    /// operation (a pointer, not an array: rounds are moved on the hot
+    /// path).
+    each: Option<&'q mut [u64]>,
 }
 
 impl<'q> Round<'q> {
@@ -143,7 +145,7 @@ impl<'q> Round<'q> {
             tally: Tally::new(Instant::now()),
             resent: 0,
             orphans: 0,
-            each: SmallVec::new(),
+            each: None,
         }
     }
 
@@ -193,6 +195,13 @@ impl<'q> Round<'q> {
         &self.tally
     }
 
+    /// For a batched renewal: where its answers go, one word per node
+    /// (zeroed here), before the round runs.
+    pub(crate) fn record_each(&mut self, each: &'q mut [u64]) {
+        each.fill(0);
+        self.each = Some(each);
+    }
+
     /// Records a node's failure before the round runs (a node the quorum
     /// leaves out).
     pub(crate) fn fail(&mut self, node: usize, failure: Failure) {
@@ -202,7 +211,7 @@ impl<'q> Round<'q> {
     /// For a batched renewal: the nodes that renewed lock `j` of the batch.
     pub(crate) fn renewed(&self, j: usize) -> Mask {
         let mut nodes = 0;
-        for (i, bits) in self.each.iter().enumerate() {
+        for (i, bits) in self.each.iter().flat_map(|each| each.iter()).enumerate() {
             if bits & (1 << j) != 0 {
                 nodes |= 1 << i;
             }
@@ -253,10 +262,9 @@ impl<'q> Round<'q> {
                     // A node that answered a batch is in `yes`; what it
                     // renewed is here.
                     self.tally.yes |= 1 << i;
-                    if self.each.len() < self.nodes.len() {
-                        self.each.resize(self.nodes.len(), 0);
+                    if let Some(slot) = self.each.as_deref_mut().and_then(|each| each.get_mut(i)) {
+                        *slot = bits;
                     }
-                    self.each[i] = bits;
                 }
                 Ok(Vote::No { held_ms }) => {
                     self.tally.no |= 1 << i;
