@@ -472,6 +472,14 @@ impl Checkout<'_> {
     }
 }
 
+impl Checkout<'_> {
+    /// How long its node stays in its restart quarantine, if it is.
+    #[inline]
+    pub(crate) fn node_quarantined(&self) -> Option<Duration> {
+        self.node.quarantined()
+    }
+}
+
 impl fmt::Debug for Checkout<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Checkout")

@@ -38,6 +38,13 @@ pub(crate) fn run_id(node: &Arc<Node>) -> Result<Option<[u8; 40]>, Failure> {
     })?
 }
 
+/// Whether the server told the handshake when it started (`INFO server`'s
+/// uptime), which the restart quarantine needs.
+pub(crate) fn tells_start(node: &Arc<Node>) -> Result<bool, Failure> {
+    let conn = node.checkout(Take::Pooled)?;
+    Ok(conn.server_started_at().is_some())
+}
+
 /// Runs every command a lock needs once, on a fresh key of its own that
 /// expires by itself, in one round trip: `SET NX PX`, `GET`, `PEXPIRE`,
 /// both scripts by source and by SHA, `DEL`. A command the user may not run

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::conn::Timeouts;
 use crate::endpoint::Endpoint;
-use crate::error::{Error, Failure};
+use crate::error::Error;
 use crate::node::{Node, NodeConfig};
 use crate::probe;
 use crate::round::{Mask, Round, Tally};
@@ -148,10 +148,10 @@ impl Quorum {
                         let failed =
                             |failure: crate::error::Failure| failure.into_error(&node.name);
                         let run_id = probe::run_id(node).map_err(failed)?;
-                        if run_id.is_none() && node.quarantines() {
+                        if node.quarantines() && !probe::tells_start(node).map_err(failed)? {
                             return Err(Error::Permission {
                                 node: Arc::clone(&node.name),
-                                message: "INFO server was refused, and the restart quarantine needs it to see when the server started: allow +info, or build with .restart_quarantine(false)".into(),
+                                message: "INFO server was refused or gave no uptime, and the restart quarantine needs it to see when the server started: allow +info, or build with .restart_quarantine(false)".into(),
                             });
                         }
                         probe::permissions(node)?;
@@ -248,20 +248,6 @@ impl Quorum {
         Round::new(&self.nodes, self.io_timeout, op, key, token)
     }
 
-    /// Runs an operation that can grant a lock: nodes in their restart
-    /// quarantine take no part (they may have lost locks they held) and
-    /// count as failed, so the majority needed is unchanged.
-    fn run_granting(&self, round: &mut Round<'_>) {
-        let mut targets = self.all();
-        for (i, node) in self.nodes.iter().enumerate() {
-            if let Some(left) = node.quarantined() {
-                targets &= !(1 << i);
-                round.fail(i, Failure::Quarantined(left));
-            }
-        }
-        round.run(targets);
-    }
-
     /// One acquisition attempt. On anything but success, whatever it may
     /// have written is released on every node that did not answer "held".
     pub(crate) fn acquire(
@@ -282,7 +268,8 @@ impl Quorum {
             },
         };
         let mut round = self.round(op, key, token);
-        self.run_granting(&mut round);
+        // Nodes in their restart quarantine take no part (see `Round`).
+        round.run(self.all());
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
@@ -325,7 +312,8 @@ impl Quorum {
             to: theirs,
         };
         let mut round = self.round(op, key, ours);
-        self.run_granting(&mut round);
+        // Nodes in their restart quarantine take no part (see `Round`).
+        round.run(self.all());
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {

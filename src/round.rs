@@ -176,7 +176,12 @@ impl<'q> Round<'q> {
         for (i, node) in self.nodes.iter().enumerate() {
             let mut slot = None;
             if targets & (1 << i) != 0 {
-                match node.checkout(Take::Pooled) {
+                // Quarantine is looked at once the connection is in hand:
+                // opening one may be how the node learns of a restart.
+                match node
+                    .checkout(Take::Pooled)
+                    .and_then(|conn| self.may_vote(conn))
+                {
                     Ok(mut conn) => {
                         slow |= conn.slow;
                         self.op
@@ -191,6 +196,19 @@ impl<'q> Round<'q> {
         slow
     }
 
+    /// The connection, unless the operation could grant a lock and its
+    /// node is in its restart quarantine (it may have lost locks it held):
+    /// then the node takes no part, and the majority needed is unchanged.
+    #[inline]
+    fn may_vote<'c>(&self, conn: Checkout<'c>) -> Result<Checkout<'c>, Failure> {
+        if self.op.grants()
+            && let Some(left) = conn.node_quarantined()
+        {
+            return Err(Failure::Quarantined(left));
+        }
+        Ok(conn)
+    }
+
     pub(crate) fn tally(&self) -> &Tally {
         &self.tally
     }
@@ -200,12 +218,6 @@ impl<'q> Round<'q> {
     pub(crate) fn record_each(&mut self, each: &'q mut [u64]) {
         each.fill(0);
         self.each = Some(each);
-    }
-
-    /// Records a node's failure before the round runs (a node the quorum
-    /// leaves out).
-    pub(crate) fn fail(&mut self, node: usize, failure: Failure) {
-        self.tally.fail(node, failure);
     }
 
     /// For a batched renewal: the nodes that renewed lock `j` of the batch.
@@ -310,8 +322,11 @@ impl<'q> Round<'q> {
                     if budget < Duration::from_millis(1) {
                         Err(Failure::Timeout)
                     } else {
+                        // A server that closed our connection may just have
+                        // restarted: the new connection's handshake says.
                         self.nodes[i]
                             .checkout(Take::Fresh { budget })
+                            .and_then(|conn| self.may_vote(conn))
                             .and_then(|mut conn| {
                                 self.op.resent().encode(
                                     conn.request(),

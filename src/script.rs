@@ -336,6 +336,20 @@ impl Vote {
 }
 
 impl<'a> Op<'a> {
+    /// Whether the operation can grant a lock (a node in its restart
+    /// quarantine must not take part in it).
+    #[inline]
+    pub(crate) fn grants(self) -> bool {
+        matches!(
+            self,
+            Op::Acquire { .. }
+                | Op::AcquireOrPttl { .. }
+                | Op::Handoff { .. }
+                | Op::FairAcquire { .. }
+                | Op::FencedAcquire { .. }
+        )
+    }
+
     /// The operation to send again after a connection died before its
     /// reply: one that recognises its own first effect where it can
     /// (`SET NX` would answer "held" to our own key).

@@ -206,3 +206,31 @@ fn a_user_without_info_needs_the_quarantine_off() {
         .expect("free");
     assert!(lock.release().expect("release"));
 }
+
+/// A manager whose pooled connection to a node died with the node's
+/// restart learns of the restart from the reconnect inside the very
+/// acquisition, and the restarted node does not vote in it.
+#[test]
+fn a_reconnect_inside_an_acquisition_sees_the_restart() {
+    let mut servers = RedisServer::start_many(3);
+    for server in &servers {
+        older_than_the_quarantine(server);
+    }
+    let locks = support::manager_with(
+        servers.iter().map(RedisServer::url),
+        quarantined().pool_size(1),
+    );
+    support::warm(&locks);
+    let _: () = servers[2].cmd(&[b"SET", b"x", b"someone", b"PX", b"60000"]);
+    servers[0].restart();
+    let attempt = locks.try_lock("x", Duration::from_secs(1));
+    assert!(
+        !matches!(attempt, Ok(Some(_))),
+        "granted with the vote of a node restarted a moment ago"
+    );
+    assert_eq!(
+        servers[0].get(b"x"),
+        None,
+        "the restarted node took the SET"
+    );
+}
