@@ -42,7 +42,7 @@ fn one_node(c: &mut Criterion) {
     group.finish();
 
     let _held = locks
-        .try_lock("held", Duration::from_secs(600))
+        .try_lock("held", Duration::from_secs(60))
         .expect("try_lock")
         .expect("free");
     c.bench_function("contended try_lock, 1 node", |b| {
@@ -75,7 +75,7 @@ fn redlock(c: &mut Criterion) {
 
     let locks = manager(&servers);
     let _held = locks
-        .try_lock("held", Duration::from_secs(600))
+        .try_lock("held", Duration::from_secs(60))
         .expect("try_lock")
         .expect("free");
     c.bench_function("contended try_lock, 5 nodes", |b| {

@@ -209,6 +209,8 @@ fn run(o: &Options) -> Result<Summary, String> {
         // Servers this run started are fresh and private: no one's locks to
         // protect, so no restart quarantine. Given servers keep it on.
         .restart_quarantine(servers.is_empty() && !o.no_quarantine)
+        // The maximum lease (60 s by default) must admit the TTL asked for.
+        .max_ttl(o.ttl.max(Duration::from_secs(60)))
         .pool_size(o.threads.min(1024) as usize)
         .preconnect(o.threads.min(1024) as usize)
         .fair(o.fair)
