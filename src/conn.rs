@@ -68,10 +68,9 @@ pub(crate) struct Conn {
     /// Replies the server owes us: requests sent minus replies read. Only
     /// a connection that owes nothing goes back to the pool.
     owed: u32,
-    /// When the server last started, as its `INFO` told the handshake
-    /// (never earlier than the truth: uptime is whole seconds, read before
-    /// this moment); `None` when it would not say.
-    started_at: Option<Instant>,
+    /// The server's uptime as its `INFO` told the handshake, and when we
+    /// had the reply; `None` when it would not say.
+    uptime: Option<Uptime>,
 }
 
 impl fmt::Debug for Conn {
@@ -100,15 +99,16 @@ impl Conn {
             reused: false,
             got_reply_bytes: false,
             owed: 0,
-            started_at: None,
+            uptime: None,
         };
         conn.handshake(endpoint, timeouts.io)?;
         Ok(conn)
     }
 
-    /// When the server last started (restarted), if it said.
-    pub(crate) fn server_started_at(&self) -> Option<Instant> {
-        self.started_at
+    /// How long the server had been up (since it last started) when the
+    /// handshake asked, if it said.
+    pub(crate) fn server_uptime(&self) -> Option<Uptime> {
+        self.uptime
     }
 
     fn handshake(&mut self, endpoint: &Endpoint, io_timeout: Duration) -> Result<(), Failure> {
@@ -181,9 +181,14 @@ impl Conn {
             (_, Err(failure)) => Err(self.fail(failure)),
             (Some(failure), Ok(())) => Err(self.fail(failure)),
             (None, Ok(())) => {
-                self.started_at = info
-                    .uptime_s
-                    .and_then(|up| Instant::now().checked_sub(Duration::from_secs(up)));
+                let seen_at = Instant::now();
+                self.uptime = info.uptime_s.map(|up| Uptime {
+                    // Redis subtracts two wall-clock seconds, each
+                    // truncated: the figure may overstate the uptime by up
+                    // to a second. A second less never does.
+                    up: Duration::from_secs(up.saturating_sub(1)),
+                    seen_at,
+                });
                 Ok(())
             }
         }
@@ -365,6 +370,13 @@ enum Handshake {
     Info,
     /// `+PONG`.
     Pong,
+}
+
+/// A server's uptime, at most what it really was at `seen_at`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Uptime {
+    pub(crate) up: Duration,
+    pub(crate) seen_at: Instant,
 }
 
 /// What a server's `INFO server` says about who it is and since when.

@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
-use crate::conn::{Conn, Timeouts};
+use crate::conn::{Conn, Timeouts, Uptime};
 use crate::endpoint::Endpoint;
 use crate::error::Failure;
 use crate::resp::Reply;
@@ -101,6 +101,8 @@ struct State {
     reconnecting: bool,
     /// Grants nothing before this (a recent restart).
     quarantined_until: Option<Instant>,
+    /// Since when the server has not said how long it has been up.
+    silent_since: Option<Instant>,
 }
 
 impl fmt::Debug for Node {
@@ -126,6 +128,7 @@ impl Node {
                 failures: 0,
                 reconnecting: false,
                 quarantined_until: None,
+                silent_since: None,
             }),
             freed: Condvar::new(),
             failing: AtomicBool::new(false),
@@ -218,7 +221,7 @@ impl Node {
         let connect_within = timeouts.connect;
         match Conn::connect(&self.endpoint, timeouts) {
             Ok(conn) => {
-                self.saw_start(conn.server_started_at());
+                self.saw_start(conn.server_uptime());
                 self.mark_up();
                 Ok(Checkout {
                     node: self,
@@ -360,32 +363,45 @@ impl Node {
         left
     }
 
-    /// A connection's handshake said when the server started (`None`: it
-    /// would not say). A start more recent than the quarantine puts the
-    /// node in quarantine until the quarantine has passed since; a server
-    /// that will not say is quarantined in full from now, since it may have
-    /// just restarted.
-    fn saw_start(&self, started_at: Option<Instant>) {
+    /// A connection's handshake said how long the server had been up
+    /// (`None`: it would not say). Up for less than the quarantine, the
+    /// node is quarantined until the quarantine has passed since the
+    /// start. A server that will not say is quarantined in full from the
+    /// first time it was seen not saying (not from every connection, which
+    /// would never end).
+    fn saw_start(&self, uptime: Option<Uptime>) {
         let Some(quarantine) = self.config.quarantine else {
             return;
         };
         let now = Instant::now();
-        let until = time::deadline(started_at.unwrap_or(now), quarantine);
+        let mut state = self.state.lock();
+        // Computed forward from when the uptime was read, never by going
+        // back from it (an Instant cannot always be taken back that far).
+        let until = match uptime {
+            Some(Uptime { up, seen_at }) => {
+                state.silent_since = None;
+                time::deadline(seen_at, quarantine.saturating_sub(up))
+            }
+            None => time::deadline(*state.silent_since.get_or_insert(now), quarantine),
+        };
         if until <= now {
             return;
         }
-        let mut state = self.state.lock();
-        if state.quarantined_until.is_some_and(|known| known >= until) {
-            return;
+        if let Some(known) = state.quarantined_until {
+            // Uptimes are whole seconds: connections to one server disagree
+            // by up to one, which is no news (nor a new log line).
+            if until <= known + Duration::from_secs(1) {
+                state.quarantined_until = Some(known.max(until));
+                return;
+            }
         }
         state.quarantined_until = Some(until);
         self.quarantined.store(true, Ordering::Relaxed);
         drop(state);
-        match started_at {
-            Some(at) => log::warn!(
-                "redlease: node {} started {:?} ago: it may have lost locks it held, so it grants none for {:?}",
+        match uptime {
+            Some(Uptime { up, .. }) => log::warn!(
+                "redlease: node {} started {up:?} ago: it may have lost locks it held, so it grants none for {:?}",
                 self.name,
-                now - at,
                 until - now
             ),
             None => log::warn!(
@@ -415,11 +431,13 @@ fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>) {
     state.reconnecting = false;
     match result {
         Ok(mut conn) => {
-            let started_at = conn.server_started_at();
+            // The quarantine is known before the connection can be taken.
+            drop(state);
+            node.saw_start(conn.server_uptime());
+            let mut state = node.state.lock();
             conn.returned_to_pool();
             state.idle.push(Box::new(conn));
             drop(state);
-            node.saw_start(started_at);
             node.mark_up();
         }
         Err(failure) => {

@@ -42,7 +42,7 @@ pub(crate) fn run_id(node: &Arc<Node>) -> Result<Option<[u8; 40]>, Failure> {
 /// uptime), which the restart quarantine needs.
 pub(crate) fn tells_start(node: &Arc<Node>) -> Result<bool, Failure> {
     let conn = node.checkout(Take::Pooled)?;
-    Ok(conn.server_started_at().is_some())
+    Ok(conn.server_uptime().is_some())
 }
 
 /// Runs every command a lock needs once, on a fresh key of its own that

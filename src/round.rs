@@ -176,12 +176,16 @@ impl<'q> Round<'q> {
         for (i, node) in self.nodes.iter().enumerate() {
             let mut slot = None;
             if targets & (1 << i) != 0 {
-                // Quarantine is looked at once the connection is in hand:
-                // opening one may be how the node learns of a restart.
-                match node
-                    .checkout(Take::Pooled)
-                    .and_then(|conn| self.may_vote(conn))
-                {
+                // Quarantine is looked at before (a quarantined node costs
+                // no checkout) and once the connection is in hand: opening
+                // one may be how the node learns of a restart.
+                let checkout = match self.op.grants().then(|| node.quarantined()).flatten() {
+                    Some(left) => Err(Failure::Quarantined(left)),
+                    None => node
+                        .checkout(Take::Pooled)
+                        .and_then(|conn| self.may_vote(conn)),
+                };
+                match checkout {
                     Ok(mut conn) => {
                         slow |= conn.slow;
                         self.op
