@@ -11,14 +11,6 @@ use support::RedisServer;
 
 const TTL: Duration = Duration::from_secs(10);
 
-/// Creates an ACL user `name` (password `pw`) with these rules.
-fn acl_user(server: &RedisServer, name: &str, rules: &[&str]) -> String {
-    let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", name.as_bytes(), b"on", b">pw"];
-    args.extend(rules.iter().map(|r| r.as_bytes()));
-    let _: () = server.cmd(&args);
-    format!("redis://{name}:pw@127.0.0.1:{}", server.port)
-}
-
 /// Expects `build()` to fail with a permission error whose text contains
 /// every one of `needles`.
 fn permission_denied(url: &str, needles: &[&str]) {
@@ -48,18 +40,18 @@ fn users_who_could_not_release_fail_at_build() {
         ("noset", "-set", "set"),
         ("noget", "-get", "get"),
     ] {
-        let url = acl_user(&server, name, &["~*", "+@all", rule]);
+        let url = server.acl_user(name, &["~*", "+@all", rule]);
         permission_denied(&url, &[needle]);
         assert!(keys().is_empty(), "{name}: the probe left keys behind");
     }
     // Without DEL the probe cannot delete its key; it expires by itself.
-    let no_del = acl_user(&server, "nodel", &["~*", "+@all", "-del"]);
+    let no_del = server.acl_user("nodel", &["~*", "+@all", "-del"]);
     permission_denied(&no_del, &["del"]);
     for key in keys() {
         let pttl = server.pttl(&key);
         assert!(pttl > 0 && pttl <= 2_000, "probe key left with pttl {pttl}");
     }
-    let no_set = acl_user(&server, "noset", &["~*", "+@all", "-set"]);
+    let no_set = server.acl_user("noset", &["~*", "+@all", "-set"]);
 
     // A lazy manager cannot probe at build; the same user then gets the
     // server's error on first use, and it is not retried.
@@ -83,8 +75,7 @@ fn users_who_could_not_release_fail_at_build() {
 #[test]
 fn key_limited_users_are_probed_without_keys() {
     let server = RedisServer::start();
-    let limited = acl_user(
-        &server,
+    let limited = server.acl_user(
         "limited",
         &[
             "resetkeys",
@@ -110,8 +101,7 @@ fn key_limited_users_are_probed_without_keys() {
         .expect("free");
     assert!(lock.release().expect("release"));
 
-    let limited_no_scripts = acl_user(
-        &server,
+    let limited_no_scripts = server.acl_user(
         "limited-no-scripts",
         &[
             "resetkeys",

@@ -183,10 +183,7 @@ fn quarantine_keeps_release_and_extend_and_the_rest_of_the_quorum() {
 #[test]
 fn a_user_without_info_needs_the_quarantine_off() {
     let server = RedisServer::start();
-    let _: () = server.cmd(&[
-        b"ACL", b"SETUSER", b"noinfo", b"on", b">pw", b"~*", b"+@all", b"-info",
-    ]);
-    let url = format!("redis://noinfo:pw@127.0.0.1:{}", server.port);
+    let url = server.acl_user("noinfo", &["~*", "+@all", "-info"]);
     let err = LockManager::builder()
         .node(url.as_str())
         .build()

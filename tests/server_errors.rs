@@ -100,10 +100,7 @@ fn readonly_replica() {
 #[test]
 fn noperm() {
     let server = RedisServer::start();
-    let _: () = server.cmd(&[
-        b"ACL", b"SETUSER", b"noset", b"on", b">pw", b"~*", b"+@all", b"-set",
-    ]);
-    let url = format!("redis://noset:pw@127.0.0.1:{}", server.port);
+    let url = server.acl_user("noset", &["~*", "+@all", "-set"]);
     match support::builder().node(url.as_str()).build() {
         Err(e @ Error::Permission { .. }) => {
             assert!(e.to_string().contains("SET"), "{e}");

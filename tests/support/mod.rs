@@ -231,6 +231,15 @@ impl RedisServer {
             .expect("INFO clients has connected_clients")
     }
 
+    /// Creates an ACL user `name` (password `pw`) with these rules;
+    /// returns its URL.
+    pub fn acl_user(&self, name: &str, rules: &[&str]) -> String {
+        let mut args: Vec<&[u8]> = vec![b"ACL", b"SETUSER", name.as_bytes(), b"on", b">pw"];
+        args.extend(rules.iter().map(|r| r.as_bytes()));
+        let _: () = self.cmd(&args);
+        format!("redis://{name}:pw@127.0.0.1:{}", self.port)
+    }
+
     /// `PTTL key`: -2 when missing, -1 without expiry.
     pub fn pttl(&self, key: &[u8]) -> i64 {
         self.cmd(&[b"PTTL", key])
