@@ -221,13 +221,14 @@ impl Lock {
     /// is then released), and with [`Error::Thread`] if the keeper thread
     /// could not be started. Calling it on a kept-alive lock does nothing.
     pub fn keep_alive(self) -> Result<Lock> {
-        self.keep(None)
+        let max_hold = self.manager.max_hold();
+        self.keep(max_hold)
     }
 
     /// [`keep_alive`](Lock::keep_alive), renewed for at most `max_hold` from
     /// now (instead of the manager's default).
     pub fn keep_alive_for(self, max_hold: Duration) -> Result<Lock> {
-        self.keep(Some(Some(max_hold)))
+        self.keep(Some(max_hold))
     }
 
     /// Whether the manager's keeper keeps this lock alive.
@@ -252,7 +253,7 @@ impl Lock {
         }
     }
 
-    fn keep(mut self, max_hold: Option<Option<Duration>>) -> Result<Lock> {
+    fn keep(mut self, max_hold: Option<Duration>) -> Result<Lock> {
         if self.lease.is_some() {
             return Ok(self);
         }

@@ -138,14 +138,8 @@ impl LockManager {
     pub fn try_lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Option<Lock>> {
         let key = key.as_ref();
         let ttl = self.check(key, ttl)?;
-        let how = if self.shared.fair {
-            // Fair: only when no one is queued.
-            Attempt::Fair { enqueue: false }
-        } else if self.shared.fencing {
-            Attempt::Fenced { waiting: false }
-        } else {
-            Attempt::Plain
-        };
+        // Fair: only when no one is queued.
+        let how = self.how(false, false);
         Ok(self.attempt(key, ttl, 1, how, None)?.ok())
     }
 
@@ -249,14 +243,7 @@ impl LockManager {
                     break Waited::Got(self.handed(key, ttl, handed, attempts));
                 }
             }
-            let how = match (fair, &waiter) {
-                (true, _) => Attempt::Fair { enqueue: true },
-                _ if self.shared.fencing => Attempt::Fenced {
-                    waiting: waiter.is_some(),
-                },
-                (false, Some(_)) => Attempt::Waiting,
-                (false, None) => Attempt::Plain,
-            };
+            let how = self.how(true, waiter.is_some());
             // `trouble`: a failure worth retrying; else the lock was held.
             let (trouble, retry_in) = match self.attempt(key, ttl, attempts, how, fair_token) {
                 Ok(Ok(lock)) => break Waited::Got(lock),
@@ -315,6 +302,23 @@ impl LockManager {
         waited
     }
 
+    /// What kind of attempt the manager's mode makes: `waits` for one made
+    /// by `lock` (fair mode joins the queue), `registered` once the thread
+    /// is a registered waiter (the attempt also learns the holder's PTTL).
+    fn how(&self, waits: bool, registered: bool) -> Attempt {
+        if self.shared.fair {
+            Attempt::Fair { enqueue: waits }
+        } else if self.shared.fencing {
+            Attempt::Fenced {
+                waiting: registered,
+            }
+        } else if registered {
+            Attempt::Waiting
+        } else {
+            Attempt::Plain
+        }
+    }
+
     /// The guard for a lock another thread handed over.
     fn handed(
         &self,
@@ -365,21 +369,25 @@ impl LockManager {
         self.shared.quorum.extend(key, token, ttl)
     }
 
-    /// Starts keeping a lock alive; for [`Lock::keep_alive`]. `max_hold`
-    /// overrides the manager's default cap.
+    /// Starts keeping a lock alive, for at most `max_hold` from now; for
+    /// [`Lock::keep_alive`].
     pub(crate) fn keep(
         &self,
         key: &[u8],
         token: &Token,
         ttl: Duration,
         valid_until: Instant,
-        max_hold: Option<Option<Duration>>,
+        max_hold: Option<Duration>,
     ) -> Result<LeaseRef> {
-        let hold = max_hold.unwrap_or(self.shared.max_hold);
-        let hold_until = hold.map(time::deadline_in);
+        let hold_until = max_hold.map(time::deadline_in);
         self.shared
             .keeper
             .keep(key, token, ttl, valid_until, hold_until)
+    }
+
+    /// The builder's default cap on keeping a lock alive.
+    pub(crate) fn max_hold(&self) -> Option<Duration> {
+        self.shared.max_hold
     }
 
     /// Confirms a fence over the quorum; for [`Lock::fence`]. Returns when
