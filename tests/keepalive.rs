@@ -58,9 +58,17 @@ fn kept_alive_past_its_ttl_and_released() {
     assert!(lock.remaining() <= ttl);
     assert!(lock.release().expect("release"));
     assert_eq!(server.get(b"ka"), None);
-    // Nothing renews it afterwards: the rival gets it and keeps it.
-    let rival = other.try_lock("ka", ttl).expect("rival").expect("free now");
-    thread::sleep(ttl);
+    // Nothing renews it afterwards: the rival gets it and keeps it, its
+    // own TTL untouched through several of our renewal periods.
+    let rival = other
+        .try_lock("ka", Duration::from_secs(5))
+        .expect("rival")
+        .expect("free now");
+    thread::sleep(ttl * 2);
+    assert!(
+        server.pttl(b"ka") <= 5_000 - 2 * 300 + 50,
+        "the rival's TTL was renewed"
+    );
     assert!(
         rival.release().expect("rival release"),
         "the rival's key was disturbed"
@@ -164,14 +172,14 @@ fn max_hold_caps_a_stuck_holder() {
     let lost_after = started.elapsed();
     assert!(
         lost_after >= max_hold - Duration::from_millis(20)
-            && lost_after <= max_hold + Duration::from_millis(300),
+            && lost_after <= max_hold + Duration::from_millis(500),
         "reported lost after {lost_after:?}, max_hold {max_hold:?}"
     );
     support::eventually(ttl + Duration::from_secs(1), "the key expiring", || {
         server.get(b"stuck").is_none()
     });
     let expired_after = started.elapsed();
-    assert!(expired_after <= max_hold + ttl + Duration::from_millis(400));
+    assert!(expired_after <= max_hold + ttl + Duration::from_millis(700));
     let rival = other.try_lock("stuck", ttl).expect("rival").expect("free");
     assert!(rival.release().expect("rival release"));
     drop(lock);
