@@ -40,6 +40,8 @@ pub struct LockManagerBuilder {
     max_hold: Option<Duration>,
     fencing: bool,
     restart_quarantine: bool,
+    #[cfg(feature = "tls")]
+    tls: crate::tls::TlsSettings,
 }
 
 impl Default for LockManagerBuilder {
@@ -60,13 +62,17 @@ impl Default for LockManagerBuilder {
             max_hold: None,
             fencing: false,
             restart_quarantine: true,
+            #[cfg(feature = "tls")]
+            tls: crate::tls::TlsSettings::default(),
         }
     }
 }
 
 impl LockManagerBuilder {
-    /// Adds a Redis node: a URL (`redis://[user][:password@]host[:port][/db]`)
-    /// or a `(host, port)` tuple, anything redis-rs's `IntoConnectionInfo`
+    /// Adds a Redis node: a URL (`redis://[user][:password@]host[:port][/db]`;
+    /// `rediss://…` for TLS, with the `tls` feature; `redis+unix:///path`
+    /// or `unix:///path` for a unix socket, with `?db=N&user=U&pass=P`) or a
+    /// `(host, port)` tuple, anything redis-rs's `IntoConnectionInfo`
     /// takes. One node gives a single-instance lock; add 3 or 5 independent
     /// masters (not replicas of each other) for a Redlock quorum. Errors in
     /// the address are reported by [`build`](Self::build).
@@ -91,8 +97,9 @@ impl LockManagerBuilder {
         self
     }
 
-    /// Bound on opening a TCP connection to a node. At least 1 ms;
-    /// `Duration::MAX` means no bound. Defaults to 1 s.
+    /// Bound on opening a TCP connection to a node, and separately on its
+    /// TLS handshake. At least 1 ms; `Duration::MAX` means no bound.
+    /// Defaults to 1 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -239,15 +246,58 @@ impl LockManagerBuilder {
         self
     }
 
+    /// The CA certificate(s), a PEM file, that `rediss://` nodes'
+    /// certificates must chain to, instead of the system's roots. Read by
+    /// [`build`](Self::build). Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.tls.ca_file = Some(path.into());
+        self
+    }
+
+    /// A client certificate chain and its private key (PEM files), for
+    /// servers that require one (`tls-auth-clients yes`). Read by
+    /// [`build`](Self::build). Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls_client_cert(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.tls.client_cert = Some((cert.into(), key.into()));
+        self
+    }
+
+    /// The name every `rediss://` node's certificate must be valid for,
+    /// instead of the host in its address (for nodes reached by IP whose
+    /// certificates name a host, say). Needs the `tls` feature.
+    #[cfg(feature = "tls")]
+    pub fn tls_server_name(mut self, name: impl Into<String>) -> Self {
+        self.tls.server_name = Some(name.into());
+        self
+    }
+
+    /// A rustls client configuration of your own for `rediss://` nodes, in
+    /// place of [`tls_ca_file`](Self::tls_ca_file) and
+    /// [`tls_client_cert`](Self::tls_client_cert) (a custom verifier, other
+    /// protocol versions, session resumption settings). Needs the `tls`
+    /// feature; ties you to redlease's rustls version.
+    #[cfg(feature = "tls")]
+    pub fn tls_config(mut self, config: std::sync::Arc<rustls::ClientConfig>) -> Self {
+        self.tls.config = Some(config);
+        self
+    }
+
     /// Validates the settings and the nodes and, unless
     /// [`connect_lazily`](Self::connect_lazily), connects.
     pub fn build(self) -> Result<LockManager> {
         self.check_settings()?;
+        let tls = self.tls_connector()?;
         let endpoints = self
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, info)| Endpoint::parse(i, info))
+            .map(|(i, info)| Endpoint::parse(i, info, tls.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let timeouts = Timeouts {
             connect: self.connect_timeout,
@@ -286,6 +336,26 @@ impl LockManagerBuilder {
             self.max_hold,
             self.fencing,
         ))
+    }
+
+    /// The TLS configuration, built when some node asks for TLS; TLS
+    /// settings without such a node are a mistake worth saying.
+    #[cfg(feature = "tls")]
+    fn tls_connector(&self) -> Result<Option<crate::transport::Tls>> {
+        if self.nodes.iter().any(Endpoint::wants_tls) {
+            return self.tls.connector().map(Some);
+        }
+        if self.tls.is_set() {
+            return Err(Error::invalid(
+                "tls settings were given, but no node is a rediss:// address",
+            ));
+        }
+        Ok(None)
+    }
+
+    #[cfg(not(feature = "tls"))]
+    fn tls_connector(&self) -> Result<Option<crate::transport::Tls>> {
+        Ok(None)
     }
 
     fn check_settings(&self) -> Result<()> {
@@ -404,13 +474,41 @@ mod tests {
     }
 
     #[test]
-    fn tls_and_unix_are_reported_unsupported() {
-        for addr in ["rediss://127.0.0.1:6380", "unix:///tmp/redis.sock"] {
-            match lazy().node(addr).build() {
-                Err(Error::Unsupported(what)) => assert!(!what.is_empty()),
-                other => panic!("{addr}: expected Unsupported, got {other:?}"),
-            }
-        }
+    fn insecure_tls_and_empty_paths_are_refused() {
+        let msg = invalid(lazy().node("rediss://127.0.0.1:6380/#insecure"));
+        assert!(msg.contains("#insecure is refused"), "{msg}");
+        let msg = invalid(lazy().node("unix://"));
+        assert!(!msg.is_empty(), "{msg}");
+    }
+
+    #[test]
+    fn tls_settings_without_a_tls_node_are_refused() {
+        let msg = invalid(lazy().tls_server_name("redis.example"));
+        assert!(msg.contains("no node is a rediss://"), "{msg}");
+        let msg = invalid(
+            lazy()
+                .node("rediss://127.0.0.1:6380")
+                .tls_ca_file("/nonexistent/ca.pem"),
+        );
+        assert!(msg.contains("/nonexistent/ca.pem"), "{msg}");
+        let msg = invalid(
+            lazy()
+                .node("rediss://127.0.0.1:6380")
+                .tls_server_name("not a name!"),
+        );
+        assert!(msg.contains("tls_server_name"), "{msg}");
+    }
+
+    #[test]
+    fn unix_and_tls_addresses_are_named_for_errors() {
+        let manager = lazy()
+            .node("redis+unix:///run/redis/redis.sock?db=2")
+            .build()
+            .expect("lazy build");
+        assert!(
+            format!("{manager:?}").contains("unix:/run/redis/redis.sock"),
+            "{manager:?}"
+        );
     }
 
     #[test]

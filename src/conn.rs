@@ -1,4 +1,4 @@
-//! One blocking TCP connection to a Redis node: the handshake, timeouts, and
+//! One blocking connection to a Redis node (TCP, unix socket or TLS): the handshake, timeouts, and
 //! the two buffers it owns and reuses for its whole life.
 //!
 //! Rules that keep a lock library honest:
@@ -15,7 +15,6 @@
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -26,6 +25,7 @@ use crate::error::{Failure, ServerError};
 use crate::resp::{self, ReadBuf, Reply};
 use crate::script::{self, SCRIPTS};
 use crate::time;
+use crate::transport::Stream;
 
 /// Write buffer capacity reserved at connect: fits every lock command for
 /// keys far beyond the 64 bytes the zero-allocation promise covers.
@@ -40,7 +40,8 @@ const TIMEOUT_SLACK: Duration = Duration::from_millis(1);
 /// Per-connection timeouts.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Timeouts {
-    /// Bound on establishing the TCP connection, per resolved address.
+    /// Bound on establishing the TCP connection, per resolved address, and
+    /// on the TLS handshake.
     pub(crate) connect: Duration,
     /// Bound on each write, and on waiting for each operation's replies.
     pub(crate) io: Duration,
@@ -48,7 +49,7 @@ pub(crate) struct Timeouts {
 
 /// A live connection with its buffers.
 pub(crate) struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     /// Requests are encoded here, then written in one call. Cleared, never
     /// freed, between uses.
     wbuf: BytesMut,
@@ -76,7 +77,7 @@ pub(crate) struct Conn {
 impl fmt::Debug for Conn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Conn")
-            .field("peer", &self.stream.peer_addr().ok())
+            .field("stream", &self.stream)
             .field("broken", &self.broken)
             .finish_non_exhaustive()
     }
@@ -86,10 +87,7 @@ impl Conn {
     /// Connects, then logs in, selects the database and loads both scripts,
     /// all in one round trip.
     pub(crate) fn connect(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, Failure> {
-        let stream = open(endpoint, timeouts.connect)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeouts.io))?;
-        stream.set_write_timeout(Some(timeouts.io))?;
+        let stream = Stream::open(endpoint, timeouts.connect, timeouts.io)?;
         let mut conn = Conn {
             stream,
             wbuf: BytesMut::with_capacity(WRITE_CAPACITY),
@@ -194,9 +192,9 @@ impl Conn {
         }
     }
 
-    /// The socket, once the handshake is done, for a connection that will
+    /// The stream, once the handshake is done, for a connection that will
     /// speak pub/sub (the subscriber reads it its own way).
-    pub(crate) fn into_stream(self) -> TcpStream {
+    pub(crate) fn into_stream(self) -> Stream {
         self.stream
     }
 
@@ -303,7 +301,7 @@ impl Conn {
             result?;
         } else {
             if self.read_timeout.abs_diff(remaining) > TIMEOUT_SLACK {
-                self.stream.set_read_timeout(Some(remaining))?;
+                self.stream.set_read_timeout(remaining)?;
                 self.read_timeout = remaining;
             }
             read_into(&mut self.stream, &mut self.rbuf)?;
@@ -343,7 +341,7 @@ impl Conn {
 }
 
 /// One `read` into the buffer's free space; end of stream is a failure.
-fn read_into(stream: &mut TcpStream, rbuf: &mut ReadBuf) -> Result<(), Failure> {
+fn read_into(stream: &mut Stream, rbuf: &mut ReadBuf) -> Result<(), Failure> {
     let spare = rbuf.spare()?;
     let n = loop {
         match stream.read(spare) {
@@ -435,24 +433,6 @@ impl Handshake {
             _ => Err(Failure::Protocol("unexpected reply during the handshake")),
         }
     }
-}
-
-/// Resolves the host and connects to the first address that answers.
-fn open(endpoint: &Endpoint, connect_timeout: Duration) -> Result<TcpStream, Failure> {
-    let mut last_error = None;
-    for addr in (endpoint.host.as_str(), endpoint.port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, connect_timeout) {
-            Ok(stream) => return Ok(stream),
-            Err(e) => last_error = Some(e),
-        }
-    }
-    Err(match last_error {
-        Some(e) => e.into(),
-        None => Failure::Io(io::Error::new(
-            io::ErrorKind::NotFound,
-            "host name resolved to no address",
-        )),
-    })
 }
 
 #[cfg(test)]

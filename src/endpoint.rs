@@ -3,10 +3,12 @@
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 
 use redis::{ConnectionAddr, ConnectionInfo};
 
 use crate::error::{Error, Result};
+use crate::transport::Tls;
 
 /// A password that never shows up in `Debug` output.
 #[derive(Clone, PartialEq, Eq)]
@@ -18,22 +20,58 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Where a node listens.
+#[derive(Debug, Clone)]
+pub(crate) enum Addr {
+    /// A host name or IP literal, and a port; with the manager's TLS
+    /// configuration for `rediss://`.
+    Tcp {
+        host: String,
+        port: u16,
+        tls: Option<Tls>,
+    },
+    /// A unix domain socket (`redis+unix://` or `unix://`).
+    Unix(PathBuf),
+}
+
 /// One node's address and credentials.
 #[derive(Debug, Clone)]
 pub(crate) struct Endpoint {
-    pub(crate) host: String,
-    pub(crate) port: u16,
+    pub(crate) addr: Addr,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Secret>,
     pub(crate) db: i64,
 }
 
 impl Endpoint {
+    /// A plain TCP node without credentials (tests and benches).
+    #[cfg(any(test, feature = "internals"))]
+    pub(crate) fn tcp(host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            addr: Addr::Tcp {
+                host: host.to_owned(),
+                port,
+                tls: None,
+            },
+            username: None,
+            password: None,
+            db: 0,
+        }
+    }
+
+    /// Whether a parsed address asks for TLS.
+    #[cfg(feature = "tls")]
+    pub(crate) fn wants_tls(info: &redis::RedisResult<ConnectionInfo>) -> bool {
+        matches!(info, Ok(info) if matches!(info.addr(), ConnectionAddr::TcpTls { .. }))
+    }
+
     /// Keeps what we use of the `index`th node's parsed address, refusing
-    /// what this version cannot do.
+    /// what this build cannot do. `tls` is the manager's TLS configuration,
+    /// there when some node asks for TLS.
     pub(crate) fn parse(
         index: usize,
         info: &redis::RedisResult<ConnectionInfo>,
+        tls: Option<&Tls>,
     ) -> Result<Endpoint> {
         let info = match info {
             Ok(info) => info,
@@ -42,13 +80,40 @@ impl Endpoint {
             // redis-rs's parse errors name the problem, never the password.
             Err(e) => return Err(Error::invalid(format!("node {index}: {e}"))),
         };
-        let (host, port) = match info.addr() {
-            ConnectionAddr::Tcp(host, port) => (host.clone(), *port),
-            ConnectionAddr::TcpTls { .. } => return Err(tls_unsupported()),
-            ConnectionAddr::Unix(_) => {
-                return Err(Error::Unsupported(
-                    "unix socket addresses (use redis://host:port)",
-                ));
+        let addr = match info.addr() {
+            ConnectionAddr::Tcp(host, port) => Addr::Tcp {
+                host: host.clone(),
+                port: *port,
+                tls: None,
+            },
+            ConnectionAddr::TcpTls {
+                insecure: true,
+                host,
+                port,
+                ..
+            } => {
+                return Err(Error::invalid(format!(
+                    "node {index} ({host}:{port}): #insecure is refused: certificates are always verified; give your CA with tls_ca_file"
+                )));
+            }
+            #[cfg(feature = "tls")]
+            ConnectionAddr::TcpTls { host, port, .. } => Addr::Tcp {
+                host: host.clone(),
+                port: *port,
+                tls: Some(tls.cloned().ok_or_else(tls_unsupported)?),
+            },
+            #[cfg(not(feature = "tls"))]
+            ConnectionAddr::TcpTls { .. } => {
+                let _ = tls;
+                return Err(tls_unsupported());
+            }
+            ConnectionAddr::Unix(path) => {
+                if path.as_os_str().is_empty() {
+                    return Err(Error::invalid(format!(
+                        "node {index}: empty unix socket path"
+                    )));
+                }
+                Addr::Unix(path.clone())
             }
             _ => return Err(Error::Unsupported("this kind of address")),
         };
@@ -59,39 +124,57 @@ impl Endpoint {
             )));
         }
         Ok(Endpoint {
-            host,
-            port,
+            addr,
             username: settings.username().map(str::to_owned),
             password: settings.password().map(|p| Secret(p.to_owned())),
             db: settings.db(),
         })
     }
 
-    /// `host:port`, with brackets around IPv6 literals: how nodes are named in
-    /// errors and logs (no credentials, no database).
+    /// `host:port` (brackets around IPv6 literals) or `unix:/path`: how
+    /// nodes are named in errors and logs (no credentials, no database).
     pub(crate) fn name(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
+        match &self.addr {
+            Addr::Tcp { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
+            Addr::Tcp { host, port, .. } => format!("{host}:{port}"),
+            Addr::Unix(path) => format!("unix:{}", path.display()),
         }
     }
 
-    /// Whether both name the same host and port as written.
+    /// Whether both name the same place as written (a unix socket also
+    /// after resolving links).
     pub(crate) fn same_name(&self, other: &Endpoint) -> bool {
-        self.host.eq_ignore_ascii_case(&other.host) && self.port == other.port
+        match (&self.addr, &other.addr) {
+            (
+                Addr::Tcp { host, port, .. },
+                Addr::Tcp {
+                    host: h, port: p, ..
+                },
+            ) => host.eq_ignore_ascii_case(h) && port == p,
+            (Addr::Unix(a), Addr::Unix(b)) => {
+                a == b
+                    || matches!(
+                        (a.canonicalize(), b.canonicalize()),
+                        (Ok(a), Ok(b)) if a == b
+                    )
+            }
+            _ => false,
+        }
     }
 
     /// Every address the host resolves to now; none if it does not resolve
-    /// (which connecting reports, not this).
-    pub(crate) fn resolved(&self) -> impl Iterator<Item = SocketAddr> + use<> {
-        (self.host.as_str(), self.port)
-            .to_socket_addrs()
-            .into_iter()
-            .flatten()
+    /// (which connecting reports, not this), nor for a unix socket.
+    pub(crate) fn resolved(&self) -> Vec<SocketAddr> {
+        match &self.addr {
+            Addr::Tcp { host, port, .. } => (host.as_str(), *port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+                .unwrap_or_default(),
+            Addr::Unix(_) => Vec::new(),
+        }
     }
 }
 
 fn tls_unsupported() -> Error {
-    Error::Unsupported("tls (rediss://) is not supported yet")
+    Error::Unsupported("tls (rediss://) needs redlease's `tls` cargo feature")
 }

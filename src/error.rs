@@ -23,7 +23,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A key, a TTL or a builder setting was refused before anything was sent.
     InvalidArgument(Box<str>),
-    /// The address asks for something this version cannot do yet (TLS).
+    /// The address asks for something this build cannot do (`rediss://`
+    /// without the `tls` feature).
     Unsupported(&'static str),
     /// [`lock`](crate::LockManager::lock) used all the attempts its retry
     /// policy allows; at the last one the lock was held by another owner.
@@ -131,6 +132,15 @@ pub enum Error {
         /// How long it stays quarantined.
         remaining: Duration,
     },
+    /// TLS failed on a node: its certificate was refused (unknown issuer,
+    /// expired, not valid for the name), or the server refused ours or
+    /// wanted one. Not retryable: a setting or a certificate must change.
+    Tls {
+        /// The node, as `host:port`.
+        node: Arc<str>,
+        /// rustls's words, with a hint at the setting involved.
+        message: Box<str>,
+    },
     /// The operating system's random source failed, so no token could be made.
     RandomSource(Box<str>),
     /// A background thread the operation needs (the lease keeper) could
@@ -142,13 +152,14 @@ impl Error {
     /// Whether trying again later can help: true for contention, timeouts,
     /// I/O and quorum failures, and transient server errors (`OOM`, `BUSY`,
     /// `LOADING`, …); false for bad arguments, unsupported addresses,
-    /// authentication and permission failures.
+    /// authentication, permission and TLS failures.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::InvalidArgument(_)
             | Error::Unsupported(_)
             | Error::Auth { .. }
             | Error::Permission { .. }
+            | Error::Tls { .. }
             | Error::RandomSource(_)
             | Error::LockLost => false,
             Error::Server { message, .. } => ServerError::of(message.as_bytes()).may_pass(),
@@ -273,6 +284,7 @@ impl fmt::Display for Error {
                 f,
                 "node down: {node} failed recently and is skipped until its reconnect backoff ends"
             ),
+            Error::Tls { node, message } => write!(f, "tls failed on {node}: {message}"),
             Error::RandomSource(msg) => write!(f, "random source failed: {msg}"),
             Error::Thread(msg) => f.write_str(msg),
             Error::Quarantined { node, remaining } => write!(
@@ -365,6 +377,10 @@ pub(crate) enum Failure {
     PoolTimeout(Duration),
     /// The node restarted recently and grants nothing for this long.
     Quarantined(Duration),
+    /// The TLS handshake failed, or the session broke (rustls's words).
+    /// Only at connect time in practice, so the text may be allocated.
+    #[cfg(feature = "tls")]
+    Tls(Box<str>),
 }
 
 impl Failure {
@@ -436,6 +452,8 @@ impl Failure {
             Failure::Down => Error::NodeDown { node },
             Failure::PoolTimeout(waited) => Error::PoolTimeout { node, waited },
             Failure::Quarantined(remaining) => Error::Quarantined { node, remaining },
+            #[cfg(feature = "tls")]
+            Failure::Tls(message) => Error::Tls { node, message },
         }
     }
 }
@@ -450,6 +468,8 @@ impl From<io::Error> for Failure {
     fn from(e: io::Error) -> Failure {
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Failure::Timeout,
+            #[cfg(feature = "tls")]
+            io::ErrorKind::InvalidData => crate::tls::failure_of(&e).unwrap_or(Failure::Io(e)),
             _ => Failure::Io(e),
         }
     }

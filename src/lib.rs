@@ -75,7 +75,10 @@ mod round;
 mod script;
 mod subscriber;
 mod time;
+#[cfg(feature = "tls")]
+mod tls;
 mod token;
+mod transport;
 mod wait;
 
 pub use builder::LockManagerBuilder;

@@ -258,7 +258,10 @@ impl Node {
             .spawn(move || {
                 // Whatever happens, the outcome is delivered: a panic must
                 // not leave the node reconnecting for ever.
-                let result = std::panic::catch_unwind(|| Conn::connect(&endpoint, timeouts))
+                // The endpoint is this thread's own copy: nothing a panic
+                // interrupts is seen again.
+                let connect = std::panic::AssertUnwindSafe(|| Conn::connect(&endpoint, timeouts));
+                let result = std::panic::catch_unwind(connect)
                     .unwrap_or(Err(Failure::Protocol("reconnect panicked")));
                 reconnected(&node, result);
             });

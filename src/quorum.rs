@@ -535,13 +535,7 @@ mod tests {
 
     fn quorum(n: usize) -> Quorum {
         let endpoints = (0..n)
-            .map(|i| Endpoint {
-                host: "127.0.0.1".into(),
-                port: 1 + i as u16,
-                username: None,
-                password: None,
-                db: 0,
-            })
+            .map(|i| Endpoint::tcp("127.0.0.1", 1 + i as u16))
             .collect();
         let timeouts = Timeouts {
             connect: Duration::from_millis(10),

@@ -18,8 +18,7 @@
 //!   down); the thread holds nothing that keeps the manager alive.
 
 use std::fmt;
-use std::io::{self, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,6 +31,7 @@ use crate::endpoint::Endpoint;
 use crate::error::Failure;
 use crate::resp::{self, Push, Pushed, ReadBuf, Reply};
 use crate::script::WAKE_PREFIX;
+use crate::transport::{Reader, Stream, Writer};
 use crate::wait::Waiters;
 
 /// Longest key whose channel is subscribed: its messages must fit the read
@@ -69,7 +69,7 @@ struct Link {
 
 struct LinkState {
     /// The write half of the connection, while connected.
-    writer: Option<TcpStream>,
+    writer: Option<Writer>,
     /// Commands are encoded here; reused.
     wbuf: BytesMut,
     /// A reader thread exists (connecting, reading, or backing off).
@@ -157,7 +157,7 @@ impl Drop for Subscriber {
         state.stop = true;
         if let Some(writer) = state.writer.take() {
             // Unblocks the reader at once.
-            let _ = writer.shutdown(Shutdown::Both);
+            writer.shutdown();
         }
         drop(state);
         self.link.changed.notify_all();
@@ -187,7 +187,7 @@ impl LinkState {
         if writer.write_all(&self.wbuf).is_ok() {
             return true;
         }
-        let _ = writer.shutdown(Shutdown::Both);
+        writer.shutdown();
         self.writer = None;
         false
     }
@@ -247,9 +247,8 @@ fn run(link: &Link) {
 
 /// Puts a new connection in place and subscribes every key waited on, in
 /// order with the waiters' own (un)subscriptions; returns the read half.
-fn install(link: &Link, stream: TcpStream) -> Option<TcpStream> {
-    let writer = stream.try_clone().ok()?;
-    stream.set_read_timeout(Some(TICK)).ok()?;
+fn install(link: &Link, stream: Stream) -> Option<Reader> {
+    let (reader, writer) = stream.split(TICK).ok()?;
     link.waiters.with_keys(|keys| {
         let mut state = link.state.lock();
         if state.stop {
@@ -260,7 +259,7 @@ fn install(link: &Link, stream: TcpStream) -> Option<TcpStream> {
         for key in keys.filter(|k| k.len() <= MAX_WAKE_KEY) {
             state.send(b"SUBSCRIBE", key);
         }
-        state.writer.is_some().then_some(stream)
+        state.writer.is_some().then_some(reader)
     })
 }
 
@@ -274,7 +273,7 @@ enum Ended {
 
 /// Reads pushes until the connection fails, the subscriber is stopped, or
 /// no one has waited for [`IDLE_CLOSE`].
-fn read(link: &Link, mut stream: TcpStream, rbuf: &mut ReadBuf) -> Ended {
+fn read(link: &Link, mut stream: Reader, rbuf: &mut ReadBuf) -> Ended {
     let mut busy = Instant::now();
     loop {
         loop {

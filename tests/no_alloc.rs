@@ -187,6 +187,47 @@ fn contended_waits_do_not_allocate() {
     );
 }
 
+/// A unix socket is as allocation-free as TCP. TLS is not: rustls 0.23
+/// allocates for each record it encrypts and each it decrypts (its
+/// unbuffered API too, see `src/tls.rs`), which this test counts exactly
+/// so that a change on either side shows.
+#[test]
+fn unix_sockets_do_not_allocate_and_tls_allocations_are_counted() {
+    let server = RedisServer::start_unix();
+    let unix = support::builder()
+        .node(server.unix_url())
+        .build()
+        .expect("unix");
+    let key = key_of(8);
+    let n = per_cycle("try_lock + release, unix socket", || {
+        let lock = unix.try_lock(&key, TTL).expect("try_lock").expect("free");
+        assert!(lock.release().expect("release"));
+    });
+    assert_eq!(n, 0, "the unix socket path allocated");
+
+    let certs = support::tls::Certs::make();
+    let tls = support::tls::TlsServer::start(&certs, support::tls::ServerCert::Good, false);
+    let locks = support::builder()
+        .node(tls.url("localhost"))
+        .tls_ca_file(certs.ca())
+        .build()
+        .expect("tls");
+    let n = per_cycle("try_lock + release, tls", || {
+        let lock = locks.try_lock(&key, TTL).expect("try_lock").expect("free");
+        assert!(lock.release().expect("release"));
+    });
+    println!("tls: {} allocations per cycle", n as f64 / CYCLES as f64);
+    assert_eq!(
+        n,
+        TLS_ALLOCATIONS_PER_CYCLE * CYCLES,
+        "tls allocations per cycle changed: update the README and this figure"
+    );
+}
+
+/// Two round trips per cycle (acquire, release), each one record out (an
+/// allocation to encrypt it) and one record in (a copy of its plaintext).
+const TLS_ALLOCATIONS_PER_CYCLE: u64 = 4;
+
 /// The counter does see allocations: a test of the test.
 #[test]
 fn the_counter_counts() {

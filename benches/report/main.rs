@@ -19,6 +19,7 @@ mod contended;
 mod keepalive;
 #[path = "../../tests/support/mod.rs"]
 mod support;
+mod transports;
 
 use std::process::Command;
 use std::sync::Barrier;
@@ -152,9 +153,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--only") {
         // Child mode for --callgrind: one contestant, no measurement.
-        let port: u16 = args[i + 2].parse().expect("port");
         let cycles: usize = args[i + 3].parse().expect("cycles");
-        run_only(&args[i + 1], port, cycles);
+        run_only(&args[i + 1], &args[i + 2], cycles);
         return;
     }
     let quick = args.iter().any(|a| a == "--quick");
@@ -324,6 +324,7 @@ fn report(s: &Settings) {
     println!(
         "| (cycles/s at 8 threads: redlease {ours_tp:.0}, implied by redis-benchmark {implied:.0}) | | | |"
     );
+    transports::report(s);
     contended::report(&urls, s.throughput_time);
     keepalive::report(&urls, &pids, s.quick);
 }
@@ -437,40 +438,71 @@ fn callgrind(port: u16) -> Option<(f64, f64, f64)> {
         println!("(valgrind not found: skipping instruction counts)");
         return None;
     }
-    let exe = std::env::current_exe().ok()?;
-    let cycles = 5000;
-    let count = |who: &str| -> Option<f64> {
-        let out_file =
-            std::env::temp_dir().join(format!("redlease-callgrind-{who}-{}", std::process::id()));
-        let status = Command::new("valgrind")
-            .arg("--tool=callgrind")
-            .arg(format!("--callgrind-out-file={}", out_file.display()))
-            .arg("--toggle-collect=*measured_loop*")
-            .arg(&exe)
-            .args(["--only", who, &port.to_string(), &cycles.to_string()])
-            .output()
-            .ok()?;
-        if !status.status.success() {
-            return None;
-        }
-        let text = std::fs::read_to_string(&out_file).ok()?;
-        let _ = std::fs::remove_file(&out_file);
-        let total: f64 = text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix("summary:")
-                    .or_else(|| l.strip_prefix("totals:"))
-            })?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(total / cycles as f64)
-    };
-    Some((count("ours")?, count("by-hand")?, count("floor")?))
+    let port = port.to_string();
+    Some((
+        callgrind_count("ours", &port, None)?,
+        callgrind_count("by-hand", &port, None)?,
+        callgrind_count("floor", &port, None)?,
+    ))
 }
 
+/// Instructions per cycle of one contestant, counted by callgrind in a
+/// child process (`target`: a port, or a URL for `ours-url`; `ca`: the CA
+/// file a `rediss://` URL needs).
+fn callgrind_count(who: &str, target: &str, ca: Option<&std::path::Path>) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let cycles = 5000;
+    let out_file = std::env::temp_dir().join(format!(
+        "redlease-callgrind-{who}-{}-{}",
+        std::process::id(),
+        target.len()
+    ));
+    let mut command = Command::new("valgrind");
+    command
+        .arg("--tool=callgrind")
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg("--toggle-collect=*measured_loop*")
+        .arg(&exe)
+        .args(["--only", who, target, &cycles.to_string()]);
+    if let Some(ca) = ca {
+        command.env(CA_ENV, ca);
+    }
+    let status = command.output().ok()?;
+    if !status.status.success() {
+        return None;
+    }
+    let text = std::fs::read_to_string(&out_file).ok()?;
+    let _ = std::fs::remove_file(&out_file);
+    let total: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(total / cycles as f64)
+}
+
+/// Where a callgrind child finds the CA of a `rediss://` URL.
+const CA_ENV: &str = "REDLEASE_BENCH_CA";
+
 /// Child mode: run one contestant's loop so callgrind can count it.
-fn run_only(who: &str, port: u16, cycles: usize) {
+fn run_only(who: &str, target: &str, cycles: usize) {
+    if who == "ours-url" {
+        let mut builder = LockManager::builder()
+            .restart_quarantine(false)
+            .node(target);
+        if let Ok(ca) = std::env::var(CA_ENV) {
+            builder = builder.tls_ca_file(ca);
+        }
+        let locks = builder.build().expect("build");
+        ours_cycle(&locks, b"cg-ours");
+        measured_loop(cycles, || ours_cycle(&locks, b"cg-ours"));
+        return;
+    }
+    let port: u16 = target.parse().expect("port");
     let url = format!("redis://127.0.0.1:{port}");
     match who {
         "ours" => {

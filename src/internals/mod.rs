@@ -72,13 +72,7 @@ impl BenchPool {
     /// 127.0.0.1:`port` (a real one, or a fake that answers the handshake).
     pub fn connect(port: u16, size: usize) -> BenchPool {
         let node = std::sync::Arc::new(crate::node::Node::new(
-            crate::endpoint::Endpoint {
-                host: "127.0.0.1".into(),
-                port,
-                username: None,
-                password: None,
-                db: 0,
-            },
+            crate::endpoint::Endpoint::tcp("127.0.0.1", port),
             crate::conn::Timeouts {
                 connect: std::time::Duration::from_secs(1),
                 io: std::time::Duration::from_secs(1),

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod fake;
 pub mod oracle;
 pub mod proxy;
+pub mod tls;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -38,6 +39,8 @@ pub struct RedisServer {
     extra: Vec<String>,
     /// Whether the server runs in a process group of its own.
     own_group: bool,
+    /// Whether it also listens on `redis.sock` in its directory.
+    unix: bool,
 }
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
@@ -57,17 +60,38 @@ impl RedisServer {
 
     /// Like [`start_with`](Self::start_with), but returns what went wrong.
     pub fn try_start_with(extra: &[&str]) -> Result<RedisServer, String> {
-        RedisServer::try_start_inner(extra, false)
+        RedisServer::try_start_inner(extra, false, false)
     }
 
     /// Starts a server in a process group of its own, so that a Ctrl-C at
     /// the terminal reaches only the parent, which then stops the server
     /// itself (by its pid) after it has finished its work.
     pub fn try_start_detached(extra: &[&str]) -> Result<RedisServer, String> {
-        RedisServer::try_start_inner(extra, true)
+        RedisServer::try_start_inner(extra, true, false)
     }
 
-    fn try_start_inner(extra: &[&str], own_group: bool) -> Result<RedisServer, String> {
+    /// Starts a server that also listens on a unix socket.
+    pub fn start_unix() -> RedisServer {
+        RedisServer::start_unix_with(&[])
+    }
+
+    /// Like [`start_unix`](Self::start_unix), with extra arguments.
+    pub fn start_unix_with(extra: &[&str]) -> RedisServer {
+        RedisServer::try_start_inner(extra, false, true).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The unix socket of a server from [`start_unix`](Self::start_unix).
+    pub fn socket_path(&self) -> PathBuf {
+        assert!(self.unix, "started without a unix socket");
+        self.dir.join("redis.sock")
+    }
+
+    /// `redis+unix:///…/redis.sock`.
+    pub fn unix_url(&self) -> String {
+        format!("redis+unix://{}", self.socket_path().display())
+    }
+
+    fn try_start_inner(extra: &[&str], own_group: bool, unix: bool) -> Result<RedisServer, String> {
         let dir = std::env::temp_dir().join(format!(
             "redlease-test-{}-{}",
             std::process::id(),
@@ -80,6 +104,7 @@ impl RedisServer {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             own_group,
+            unix,
         };
         // A port picked free can be taken before the server binds it: then
         // redis-server exits with "Address already in use" and we try another.
@@ -127,6 +152,16 @@ impl RedisServer {
         .arg("--logfile")
         .arg(&log)
         .args(&self.extra)
+        .args(if self.unix {
+            vec![
+                "--unixsocket".into(),
+                self.dir.join("redis.sock").into_os_string(),
+                "--unixsocketperm".into(),
+                "700".into(),
+            ]
+        } else {
+            Vec::new()
+        })
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());

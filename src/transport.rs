@@ -1,0 +1,228 @@
+//! The byte stream under a connection: TCP, a unix socket, or TLS over TCP.
+//! Opening one (resolve, connect with a timeout, `TCP_NODELAY`, the TLS
+//! handshake) and the few socket settings a connection changes.
+//!
+//! `Conn` speaks RESP over a [`Stream`] and never asks which kind it is. The
+//! subscriber needs to read on one thread and write from others:
+//! [`Stream::split`] gives it a [`Reader`] and a [`Writer`].
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::endpoint::{Addr, Endpoint};
+use crate::error::Failure;
+#[cfg(feature = "tls")]
+use crate::tls::{self, TlsConnector, TlsStream};
+
+/// What a `rediss://` node connects with: the manager's TLS client
+/// configuration. Without the `tls` feature no value exists.
+#[cfg(feature = "tls")]
+pub(crate) type Tls = TlsConnector;
+#[cfg(not(feature = "tls"))]
+pub(crate) type Tls = std::convert::Infallible;
+
+/// An open connection's byte stream.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    #[cfg(feature = "tls")]
+    Tls(Box<TlsStream>),
+}
+
+impl fmt::Debug for Stream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stream::Tcp(s) => write!(f, "tcp {:?}", s.peer_addr().ok()),
+            Stream::Unix(_) => f.write_str("unix"),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => write!(f, "tls {:?}", s.socket().peer_addr().ok()),
+        }
+    }
+}
+
+impl Stream {
+    /// Connects to `endpoint` within `connect_timeout` (per resolved
+    /// address; the TLS handshake has its own), with both I/O timeouts set
+    /// to `io_timeout`.
+    pub(crate) fn open(
+        endpoint: &Endpoint,
+        connect_timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<Stream, Failure> {
+        match &endpoint.addr {
+            Addr::Unix(path) => {
+                let stream = UnixStream::connect(path)?;
+                stream.set_read_timeout(Some(io_timeout))?;
+                stream.set_write_timeout(Some(io_timeout))?;
+                Ok(Stream::Unix(stream))
+            }
+            Addr::Tcp { host, port, tls } => {
+                let stream = open_tcp(host, *port, connect_timeout)?;
+                stream.set_nodelay(true)?;
+                stream.set_read_timeout(Some(io_timeout))?;
+                stream.set_write_timeout(Some(io_timeout))?;
+                let Some(tls) = tls else {
+                    return Ok(Stream::Tcp(stream));
+                };
+                #[cfg(feature = "tls")]
+                {
+                    // The handshake is bounded by the connect timeout.
+                    stream.set_read_timeout(Some(connect_timeout))?;
+                    stream.set_write_timeout(Some(connect_timeout))?;
+                    let stream = tls.handshake(host, stream)?;
+                    stream.socket().set_read_timeout(Some(io_timeout))?;
+                    stream.socket().set_write_timeout(Some(io_timeout))?;
+                    Ok(Stream::Tls(Box::new(stream)))
+                }
+                #[cfg(not(feature = "tls"))]
+                match *tls {}
+            }
+        }
+    }
+
+    pub(crate) fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(Some(timeout)),
+            Stream::Unix(s) => s.set_read_timeout(Some(timeout)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.socket().set_read_timeout(Some(timeout)),
+        }
+    }
+
+    pub(crate) fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_nonblocking(on),
+            Stream::Unix(s) => s.set_nonblocking(on),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.socket().set_nonblocking(on),
+        }
+    }
+
+    /// Splits the stream for a reader thread and writers on other threads;
+    /// reads wake every `tick` to let the reader look up.
+    pub(crate) fn split(self, tick: Duration) -> io::Result<(Reader, Writer)> {
+        match self {
+            Stream::Tcp(s) => {
+                s.set_read_timeout(Some(tick))?;
+                Ok((Reader::Tcp(s.try_clone()?), Writer::Tcp(s)))
+            }
+            Stream::Unix(s) => {
+                s.set_read_timeout(Some(tick))?;
+                Ok((Reader::Unix(s.try_clone()?), Writer::Unix(s)))
+            }
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => {
+                s.socket().set_read_timeout(Some(tick))?;
+                let (reader, writer) = tls::split(*s)?;
+                Ok((Reader::Tls(reader), Writer::Tls(writer)))
+            }
+        }
+    }
+}
+
+impl Read for Stream {
+    #[inline]
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    #[inline]
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    #[inline]
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.write_all(buf),
+            Stream::Unix(s) => s.write_all(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The reading half of a split stream.
+pub(crate) enum Reader {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    #[cfg(feature = "tls")]
+    Tls(tls::Reader),
+}
+
+impl Read for Reader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Reader::Tcp(s) => s.read(buf),
+            Reader::Unix(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Reader::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+/// The writing half of a split stream; shutting it down ends the reader's
+/// blocking read at once.
+pub(crate) enum Writer {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    #[cfg(feature = "tls")]
+    Tls(tls::Writer),
+}
+
+impl Writer {
+    pub(crate) fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Tcp(s) => s.write_all(buf),
+            Writer::Unix(s) => s.write_all(buf),
+            #[cfg(feature = "tls")]
+            Writer::Tls(s) => s.write_all(buf),
+        }
+    }
+
+    pub(crate) fn shutdown(&self) {
+        let _ = match self {
+            Writer::Tcp(s) => s.shutdown(Shutdown::Both),
+            Writer::Unix(s) => s.shutdown(Shutdown::Both),
+            #[cfg(feature = "tls")]
+            Writer::Tls(s) => s.shutdown(),
+        };
+    }
+}
+
+/// Resolves the host and connects to the first address that answers.
+fn open_tcp(host: &str, port: u16, connect_timeout: Duration) -> Result<TcpStream, Failure> {
+    let mut last_error = None;
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, connect_timeout) {
+            Ok(stream) => return Ok(stream),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => e.into(),
+        None => Failure::Io(io::Error::new(
+            io::ErrorKind::NotFound,
+            "host name resolved to no address",
+        )),
+    })
+}
