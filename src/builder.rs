@@ -21,11 +21,23 @@ const MAX_KEY_CAP: usize = 1 << 20;
 /// Largest TTL cap that may be configured.
 const MAX_TTL_CAP: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// A node as the builder was told it.
+#[derive(Debug)]
+enum NodeSpec {
+    /// Its address.
+    Direct(redis::RedisResult<ConnectionInfo>),
+    /// A master's name (and credentials), and the sentinels that know it.
+    Sentinel {
+        master: redis::RedisResult<ConnectionInfo>,
+        sentinels: Vec<redis::RedisResult<ConnectionInfo>>,
+    },
+}
+
 /// Builds a [`LockManager`]. Every setter documents its default.
 #[derive(Debug)]
 #[must_use = "a builder does nothing until .build() is called"]
 pub struct LockManagerBuilder {
-    nodes: Vec<redis::RedisResult<ConnectionInfo>>,
+    nodes: Vec<NodeSpec>,
     retry: RetryPolicy,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -40,6 +52,7 @@ pub struct LockManagerBuilder {
     max_hold: Option<Duration>,
     fencing: bool,
     restart_quarantine: bool,
+    replicas: Option<(u32, Duration)>,
     #[cfg(feature = "tls")]
     tls: crate::tls::TlsSettings,
 }
@@ -62,6 +75,7 @@ impl Default for LockManagerBuilder {
             max_hold: None,
             fencing: false,
             restart_quarantine: true,
+            replicas: None,
             #[cfg(feature = "tls")]
             tls: crate::tls::TlsSettings::default(),
         }
@@ -77,7 +91,8 @@ impl LockManagerBuilder {
     /// masters (not replicas of each other) for a Redlock quorum. Errors in
     /// the address are reported by [`build`](Self::build).
     pub fn node(mut self, addr: impl IntoConnectionInfo) -> Self {
-        self.nodes.push(addr.into_connection_info());
+        self.nodes
+            .push(NodeSpec::Direct(addr.into_connection_info()));
         self
     }
 
@@ -86,6 +101,64 @@ impl LockManagerBuilder {
         for addr in addrs {
             self = self.node(addr);
         }
+        self
+    }
+
+    /// Adds a node found through Redis Sentinel: whichever server the
+    /// sentinels name as master `master` now. `master` is an address whose
+    /// host is the master's name and which carries the master's
+    /// credentials and database (`redis://[user:password@]mymaster[/db]`,
+    /// `rediss://…` for TLS to the master; its port is ignored);
+    /// `sentinels` are the sentinels' own addresses (`redis://host:26379`,
+    /// with their own credentials if they have any).
+    ///
+    /// Each new connection asks the sentinels for the master's address and
+    /// checks with `ROLE` that the server is a master. A failover is
+    /// followed as connections see it: a dead master's connections fail
+    /// and are replaced, and a demoted master's `READONLY` closes its
+    /// connections and sends the request once more, to the new master, in
+    /// the same call. What a failover can still lose (a lock granted but not
+    /// yet replicated) is in the README.
+    ///
+    /// One sentinel node is a single-instance lock; it can also be one
+    /// member of a Redlock quorum (each member its own master).
+    ///
+    /// ```no_run
+    /// let locks = redlease::LockManager::builder()
+    ///     .sentinel(
+    ///         "redis://:secret@mymaster/0",
+    ///         ["redis://10.0.0.1:26379", "redis://10.0.0.2:26379", "redis://10.0.0.3:26379"],
+    ///     )
+    ///     .build()?;
+    /// # Ok::<(), redlease::Error>(())
+    /// ```
+    pub fn sentinel<A: IntoConnectionInfo>(
+        mut self,
+        master: impl IntoConnectionInfo,
+        sentinels: impl IntoIterator<Item = A>,
+    ) -> Self {
+        self.nodes.push(NodeSpec::Sentinel {
+            master: master.into_connection_info(),
+            sentinels: sentinels
+                .into_iter()
+                .map(IntoConnectionInfo::into_connection_info)
+                .collect(),
+        });
+        self
+    }
+
+    /// Grants a lock only once `replicas` replicas of each granting node
+    /// acknowledged it, waiting at most `wait` (`WAIT replicas wait`, on
+    /// the connection that wrote the lock, one more round trip); otherwise
+    /// the lock is released and the attempt fails with
+    /// [`Error::NotReplicated`] (retryable). Narrows what a failover can
+    /// lose (see the README's Sentinel section): a replica promoted after
+    /// acknowledging has the lock. Locks are then never handed over
+    /// directly to a waiter (the handoff would not wait). Extends and
+    /// renewals do not wait. `replicas` from 1; `wait` at least 1 ms.
+    /// Defaults to off.
+    pub fn wait_for_replicas(mut self, replicas: u32, wait: Duration) -> Self {
+        self.replicas = Some((replicas, wait));
         self
     }
 
@@ -297,7 +370,12 @@ impl LockManagerBuilder {
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, info)| Endpoint::parse(i, info, tls.as_ref()))
+            .map(|(i, node)| match node {
+                NodeSpec::Direct(info) => Endpoint::parse(i, info, tls.as_ref()),
+                NodeSpec::Sentinel { master, sentinels } => {
+                    Endpoint::sentinel(i, master, sentinels, tls.as_ref())
+                }
+            })
             .collect::<Result<Vec<_>>>()?;
         let timeouts = Timeouts {
             connect: self.connect_timeout,
@@ -319,7 +397,7 @@ impl LockManagerBuilder {
                 endpoints.len()
             )));
         }
-        let quorum = Quorum::new(endpoints, timeouts, pool, self.drift_factor)?;
+        let quorum = Quorum::new(endpoints, timeouts, pool, self.drift_factor, self.replicas)?;
         if !self.lazy {
             quorum.connect(self.preconnect)?;
         }
@@ -342,7 +420,11 @@ impl LockManagerBuilder {
     /// settings without such a node are a mistake worth saying.
     #[cfg(feature = "tls")]
     fn tls_connector(&self) -> Result<Option<crate::transport::Tls>> {
-        if self.nodes.iter().any(Endpoint::wants_tls) {
+        if self.nodes.iter().any(|node| match node {
+            NodeSpec::Direct(info) | NodeSpec::Sentinel { master: info, .. } => {
+                Endpoint::wants_tls(info)
+            }
+        }) {
             return self.tls.connector().map(Some);
         }
         if self.tls.is_set() {
@@ -359,6 +441,18 @@ impl LockManagerBuilder {
     }
 
     fn check_settings(&self) -> Result<()> {
+        if let Some((replicas, wait)) = self.replicas {
+            if replicas == 0 {
+                return Err(Error::invalid(
+                    "wait_for_replicas: replicas must be at least 1",
+                ));
+            }
+            if wait < Duration::from_millis(1) || wait > MAX_TTL_CAP {
+                return Err(Error::invalid(format!(
+                    "wait_for_replicas: wait {wait:?} is outside [1ms, 1 year]"
+                )));
+            }
+        }
         if self.connect_timeout < Duration::from_millis(1) {
             return Err(Error::invalid("connect_timeout must be at least 1ms"));
         }

@@ -21,7 +21,7 @@ use bytes::BytesMut;
 use smallvec::SmallVec;
 
 use crate::endpoint::Endpoint;
-use crate::error::{Failure, ServerError};
+use crate::error::{Failure, ServerError, ServerText};
 use crate::resp::{self, ReadBuf, Reply};
 use crate::script::{self, SCRIPTS};
 use crate::time;
@@ -133,6 +133,12 @@ impl Conn {
             );
         }
         script::encode_load(&mut self.wbuf);
+        // A server the sentinels named may have been demoted since.
+        let check_role = endpoint.follows_failover();
+        if check_role {
+            commands += 1;
+            resp::encode(&mut self.wbuf, &[b"ROLE"]);
+        }
         resp::encode(&mut self.wbuf, &[b"INFO", b"server"]);
         resp::encode(&mut self.wbuf, &[b"PING"]);
         // A server that refuses us outright (maxclients) writes its reason
@@ -154,6 +160,9 @@ impl Conn {
             expected.push(Handshake::Ok);
         }
         expected.extend(SCRIPTS.all().map(|script| Handshake::Loaded(&script.sha)));
+        if check_role {
+            expected.push(Handshake::Role);
+        }
         expected.push(Handshake::Info);
         expected.push(Handshake::Pong);
         // Read every reply even after a failure, so that the first failure
@@ -162,7 +171,7 @@ impl Conn {
         let mut first_failure = None;
         let mut info = ServerInfo::default();
         for step in expected {
-            match self.recv_next_with(deadline, |reply| step.check(reply, &mut info)) {
+            match self.recv_next_raw(deadline, |reply, raw| step.check(reply, raw, &mut info)) {
                 Ok(Ok(())) => {}
                 Ok(Err(failure)) => {
                     first_failure.get_or_insert(failure);
@@ -231,6 +240,29 @@ impl Conn {
     ) -> Result<T, Failure> {
         loop {
             match self.rbuf.take(&mut read) {
+                Ok(Some(out)) => {
+                    self.owed = self.owed.saturating_sub(1);
+                    return Ok(out);
+                }
+                Ok(None) => {
+                    if let Err(failure) = self.fill(deadline) {
+                        return Err(self.fail(failure));
+                    }
+                }
+                Err(e) => return Err(self.fail(e.into())),
+            }
+        }
+    }
+
+    /// Like [`recv_next_with`](Self::recv_next_with), also handing over
+    /// the reply's bytes (off the hot path: the handshake's `ROLE`).
+    fn recv_next_raw<T>(
+        &mut self,
+        deadline: Instant,
+        mut read: impl FnMut(Reply<'_>, &[u8]) -> T,
+    ) -> Result<T, Failure> {
+        loop {
+            match self.rbuf.take_raw(&mut read) {
                 Ok(Some(out)) => {
                     self.owed = self.owed.saturating_sub(1);
                     return Ok(out);
@@ -366,6 +398,8 @@ enum Handshake {
     /// `INFO server`'s text; an error (a user without `INFO`) or anything
     /// else only means the server would not say.
     Info,
+    /// `ROLE`'s first item is `master`, for a server the sentinels named.
+    Role,
     /// `+PONG`.
     Pong,
 }
@@ -405,8 +439,20 @@ impl ServerInfo {
 }
 
 impl Handshake {
-    fn check(self, reply: Reply<'_>, info: &mut ServerInfo) -> Result<(), Failure> {
+    fn check(self, reply: Reply<'_>, raw: &[u8], info: &mut ServerInfo) -> Result<(), Failure> {
         match (self, reply) {
+            (Handshake::Role, Reply::Array(_)) => match resp::items(raw).as_deref() {
+                Some([Reply::Bulk(b"master"), ..]) => Ok(()),
+                // Transient: the sentinels will name the new master soon.
+                Some([Reply::Bulk(role), ..]) => Err(Failure::Server(ServerText::new(
+                    format!(
+                        "READONLY the sentinels' master is a {} now (failover under way)",
+                        String::from_utf8_lossy(role)
+                    )
+                    .as_bytes(),
+                ))),
+                _ => Err(Failure::Protocol("malformed reply to ROLE")),
+            },
             (Handshake::Info, Reply::Bulk(text)) => {
                 *info = ServerInfo::parse(text);
                 Ok(())

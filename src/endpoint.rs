@@ -4,10 +4,12 @@
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use redis::{ConnectionAddr, ConnectionInfo};
 
 use crate::error::{Error, Result};
+use crate::sentinel::Sentinels;
 use crate::transport::Tls;
 
 /// A password that never shows up in `Debug` output.
@@ -32,6 +34,12 @@ pub(crate) enum Addr {
     },
     /// A unix domain socket (`redis+unix://` or `unix://`).
     Unix(PathBuf),
+    /// Whichever server the sentinels name as the master now; with the
+    /// manager's TLS configuration if the master is reached over TLS.
+    Sentinel {
+        sentinels: Arc<Sentinels>,
+        tls: Option<Tls>,
+    },
 }
 
 /// One node's address and credentials.
@@ -57,6 +65,45 @@ impl Endpoint {
             password: None,
             db: 0,
         }
+    }
+
+    /// A node found through sentinels: `master` is a parsed address whose
+    /// host is the master's name (its credentials, database and scheme are
+    /// the master's), `sentinels` the sentinels' own addresses.
+    pub(crate) fn sentinel(
+        index: usize,
+        master: &redis::RedisResult<ConnectionInfo>,
+        sentinels: &[redis::RedisResult<ConnectionInfo>],
+        tls: Option<&Tls>,
+    ) -> Result<Endpoint> {
+        let named = Endpoint::parse(index, master, tls)?;
+        let Addr::Tcp { host, tls, .. } = named.addr else {
+            return Err(Error::invalid(format!(
+                "node {index}: a sentinel master is named by a redis:// or rediss:// address (redis://[user:password@]NAME[/db])"
+            )));
+        };
+        if sentinels.is_empty() {
+            return Err(Error::invalid(format!(
+                "node {index} (sentinel master {host:?}): no sentinel given"
+            )));
+        }
+        let sentinels = sentinels
+            .iter()
+            .map(|s| Endpoint::parse(index, s, None))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Endpoint {
+            addr: Addr::Sentinel {
+                sentinels: Arc::new(Sentinels::new(host, sentinels)),
+                tls,
+            },
+            ..named
+        })
+    }
+
+    /// Whether the node's server is found through sentinels (and may
+    /// change under it).
+    pub(crate) fn follows_failover(&self) -> bool {
+        matches!(self.addr, Addr::Sentinel { .. })
     }
 
     /// Whether a parsed address asks for TLS.
@@ -138,6 +185,7 @@ impl Endpoint {
             Addr::Tcp { host, port, .. } if host.contains(':') => format!("[{host}]:{port}"),
             Addr::Tcp { host, port, .. } => format!("{host}:{port}"),
             Addr::Unix(path) => format!("unix:{}", path.display()),
+            Addr::Sentinel { sentinels, .. } => format!("sentinel:{}", sentinels.master),
         }
     }
 
@@ -151,6 +199,12 @@ impl Endpoint {
                     host: h, port: p, ..
                 },
             ) => host.eq_ignore_ascii_case(h) && port == p,
+            (Addr::Sentinel { sentinels: a, .. }, Addr::Sentinel { sentinels: b, .. }) => {
+                a.master == b.master
+                    && a.sentinels()
+                        .iter()
+                        .any(|s| b.sentinels().iter().any(|t| s.same_name(t)))
+            }
             (Addr::Unix(a), Addr::Unix(b)) => {
                 a == b
                     || matches!(
@@ -170,7 +224,7 @@ impl Endpoint {
                 .to_socket_addrs()
                 .map(Iterator::collect)
                 .unwrap_or_default(),
-            Addr::Unix(_) => Vec::new(),
+            Addr::Unix(_) | Addr::Sentinel { .. } => Vec::new(),
         }
     }
 }

@@ -62,6 +62,22 @@ pub enum Error {
         /// The TTL asked for.
         ttl: Duration,
     },
+    /// A quorum granted the lock, but on too few of its nodes did the
+    /// replicas asked for
+    /// ([`wait_for_replicas`](crate::LockManagerBuilder::wait_for_replicas))
+    /// acknowledge it in time: a failover could lose it, so it was released.
+    NotReplicated {
+        /// Nodes whose replicas acknowledged.
+        acked: usize,
+        /// Nodes needed.
+        needed: usize,
+        /// Replicas asked for, per node.
+        replicas: u32,
+        /// How long they were given.
+        wait: Duration,
+        /// A node's failure while asking, if any.
+        cause: Option<Box<Error>>,
+    },
     /// The lock expired or was taken by another owner: it can no longer be
     /// extended. Work protected by it must stop.
     LockLost,
@@ -193,6 +209,8 @@ pub(crate) enum ServerError {
     KeyDenied,
     /// `ERR unknown command`: renamed away, or a server too old.
     UnknownCommand,
+    /// `READONLY`: the server is a replica now (a failover demoted it).
+    ReadOnly,
     /// Will not heal by waiting: `WRONGTYPE` and the like.
     Permanent,
     /// May pass: `OOM`, `BUSY`, `LOADING`, `READONLY`, max clients…
@@ -220,6 +238,8 @@ impl ServerError {
             }
         } else if text.starts_with(b"ERR unknown command") {
             ServerError::UnknownCommand
+        } else if text.starts_with(b"READONLY") {
+            ServerError::ReadOnly
         } else if text.starts_with(b"WRONGTYPE") {
             ServerError::Permanent
         } else {
@@ -229,7 +249,10 @@ impl ServerError {
 
     /// Whether waiting and trying again can help.
     pub(crate) fn may_pass(self) -> bool {
-        matches!(self, ServerError::Transient | ServerError::NoScript)
+        matches!(
+            self,
+            ServerError::Transient | ServerError::NoScript | ServerError::ReadOnly
+        )
     }
 }
 
@@ -265,6 +288,22 @@ impl fmt::Display for Error {
                 f,
                 "validity expired: the quorum answered after {elapsed:?}, leaving nothing of the {ttl:?} ttl after drift"
             ),
+            Error::NotReplicated {
+                acked,
+                needed,
+                replicas,
+                wait,
+                cause,
+            } => {
+                write!(
+                    f,
+                    "not replicated: the lock needed {replicas} replica(s) to acknowledge it within {wait:?} on {needed} node(s), and had that on {acked}; it was released"
+                )?;
+                if let Some(cause) = cause {
+                    write!(f, " (first failure: {cause})")?;
+                }
+                Ok(())
+            }
             Error::LockLost => f.write_str("lock lost: it expired or was taken by another owner"),
             Error::Io { node, source } => write!(f, "i/o error on {node}: {source}"),
             Error::Timeout { node } => write!(f, "timed out waiting for {node}"),
@@ -300,6 +339,9 @@ impl std::error::Error for Error {
         match self {
             Error::Io { source, .. } => Some(source),
             Error::NoQuorum {
+                cause: Some(cause), ..
+            }
+            | Error::NotReplicated {
                 cause: Some(cause), ..
             } => Some(&**cause),
             _ => None,

@@ -73,6 +73,7 @@ mod resp;
 mod retry;
 mod round;
 mod script;
+mod sentinel;
 mod subscriber;
 mod time;
 #[cfg(feature = "tls")]

@@ -414,7 +414,8 @@ impl LockManager {
         let shared = &*self.shared;
         // A lock handed over would come without a fence of its own: in
         // fencing mode waiters are woken and take it themselves.
-        let handoff = (!shared.fencing)
+        // Nor when grants wait for replicas: a handoff would not wait.
+        let handoff = (!shared.fencing && !shared.quorum.waits_for_replicas())
             .then(|| shared.wakeups.claim(key))
             .flatten();
         if let Some(handoff) = handoff {

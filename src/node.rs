@@ -33,9 +33,10 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 
 use crate::conn::{Conn, Timeouts, Uptime};
-use crate::endpoint::Endpoint;
+use crate::endpoint::{Addr, Endpoint};
 use crate::error::Failure;
 use crate::resp::Reply;
+use crate::sentinel::Watch;
 use crate::time;
 
 /// First reconnect backoff after a failure.
@@ -82,6 +83,9 @@ pub(crate) struct Node {
     /// Whether `quarantined_until` is set: a mirror, so that a node out of
     /// quarantine costs a grant one load, not a lock.
     quarantined: AtomicBool,
+    /// For a node found through sentinels: the master switches they
+    /// announced; connections opened before the latest are closed.
+    watch: Option<Watch>,
 }
 
 struct State {
@@ -103,6 +107,8 @@ struct State {
     quarantined_until: Option<Instant>,
     /// Since when the server has not said how long it has been up.
     silent_since: Option<Instant>,
+    /// The watch's epoch the idle connections belong to.
+    epoch: u64,
 }
 
 impl fmt::Debug for Node {
@@ -116,6 +122,10 @@ impl fmt::Debug for Node {
 
 impl Node {
     pub(crate) fn new(endpoint: Endpoint, timeouts: Timeouts, config: NodeConfig) -> Node {
+        let watch = match &endpoint.addr {
+            Addr::Sentinel { sentinels, .. } => Some(Watch::start(Arc::clone(sentinels), timeouts)),
+            _ => None,
+        };
         Node {
             name: Arc::from(endpoint.name()),
             endpoint,
@@ -129,10 +139,12 @@ impl Node {
                 reconnecting: false,
                 quarantined_until: None,
                 silent_since: None,
+                epoch: 0,
             }),
             freed: Condvar::new(),
             failing: AtomicBool::new(false),
             quarantined: AtomicBool::new(false),
+            watch,
         }
     }
 
@@ -142,6 +154,11 @@ impl Node {
     }
 
     /// Its address and credentials.
+    /// Whether the node's server is found through sentinels.
+    pub(crate) fn follows_failover(&self) -> bool {
+        self.endpoint.follows_failover()
+    }
+
     pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -158,6 +175,7 @@ impl Node {
     /// node's pool, nor, for [`Take::Fresh`], for any pool.
     pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
+        let epoch = self.sync_epoch(&mut state);
         if let Take::Fresh { .. } = take {
             let stale = std::mem::take(&mut state.idle);
             state.open -= stale.len();
@@ -178,6 +196,7 @@ impl Node {
                     node: self,
                     conn: Some(conn),
                     slow: deadline.is_some(),
+                    epoch,
                 });
             }
             let failing = state.failures > 0;
@@ -195,7 +214,7 @@ impl Node {
                         io: budget.min(self.timeouts.io),
                     },
                 };
-                return self.open_new(within);
+                return self.open_new(within, epoch);
             }
             if failing || state.reconnecting {
                 // Its connections are busy with a sick server, or one is
@@ -217,7 +236,7 @@ impl Node {
 
     /// Opens a connection in a slot already counted in `open`, with these
     /// timeouts (a caller's budget may shorten the node's own).
-    fn open_new(&self, timeouts: Timeouts) -> Result<Checkout<'_>, Failure> {
+    fn open_new(&self, timeouts: Timeouts, epoch: u64) -> Result<Checkout<'_>, Failure> {
         let connect_within = timeouts.connect;
         match Conn::connect(&self.endpoint, timeouts) {
             Ok(conn) => {
@@ -227,6 +246,7 @@ impl Node {
                     node: self,
                     conn: Some(Box::new(conn)),
                     slow: true,
+                    epoch,
                 })
             }
             Err(failure) => {
@@ -275,9 +295,25 @@ impl Node {
         }
     }
 
-    fn give_back(&self, mut conn: Box<Conn>) {
+    /// The sentinels' latest master switch, with the idle connections of
+    /// the ones before closed; 0 for a node with a fixed address.
+    #[inline]
+    fn sync_epoch(&self, state: &mut State) -> u64 {
+        let Some(watch) = &self.watch else { return 0 };
+        let now = watch.epoch();
+        if now != state.epoch {
+            state.epoch = now;
+            let stale = std::mem::take(&mut state.idle);
+            state.open -= stale.len();
+            state.idle.reserve(self.config.max_conns);
+            drop(stale);
+        }
+        now
+    }
+
+    fn give_back(&self, mut conn: Box<Conn>, epoch: u64) {
         let mut state = self.state.lock();
-        if conn.is_clean() {
+        if conn.is_clean() && self.sync_epoch(&mut state) == epoch {
             conn.returned_to_pool();
             state.idle.push(conn);
         } else {
@@ -460,6 +496,8 @@ pub(crate) struct Checkout<'a> {
     /// Whether taking it took real time: a wait for a free connection, or
     /// opening a new one.
     pub(crate) slow: bool,
+    /// The node's sentinel epoch when it was taken (see `Node::sync_epoch`).
+    epoch: u64,
 }
 
 impl Checkout<'_> {
@@ -526,7 +564,7 @@ impl DerefMut for Checkout<'_> {
 impl Drop for Checkout<'_> {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
-            self.node.give_back(conn);
+            self.node.give_back(conn, self.epoch);
         }
     }
 }

@@ -33,6 +33,9 @@ pub(crate) struct Quorum {
     drift_ppb: u64,
     /// Deadline for each operation's replies, from its first write.
     io_timeout: Duration,
+    /// Grant only what this many replicas of each granting node
+    /// acknowledged within this long (`WAIT`).
+    replicas: Option<(u32, Duration)>,
 }
 
 /// Outcome of an acquisition attempt that reached a decision.
@@ -109,6 +112,7 @@ impl Quorum {
         timeouts: Timeouts,
         pool: NodeConfig,
         drift_factor: f64,
+        replicas: Option<(u32, Duration)>,
     ) -> Result<Quorum, Error> {
         if endpoints.is_empty() {
             return Err(Error::invalid("no nodes: add at least one with .node(..)"));
@@ -130,7 +134,14 @@ impl Quorum {
             // Capped, so that `start + io_timeout` cannot overflow on the
             // hot path (see `time::FAR`).
             io_timeout: timeouts.io.min(time::FAR),
+            replicas,
         })
+    }
+
+    /// Whether grants wait for replicas (then a lock is never handed over
+    /// directly: the handoff would grant without waiting).
+    pub(crate) fn waits_for_replicas(&self) -> bool {
+        self.replicas.is_some()
     }
 
     /// Connects to every node at once, learns who each server is, checks
@@ -274,7 +285,27 @@ impl Quorum {
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
             let fence = matches!(attempt, Attempt::Fenced { .. }).then_some(tally.fence);
-            return Ok(Acquired::Granted { valid_until, fence });
+            let Some((replicas, wait)) = self.replicas else {
+                return Ok(Acquired::Granted { valid_until, fence });
+            };
+            let granted = tally.yes;
+            let replicated = round.confirm_replicated(granted, replicas, wait);
+            if replicated.yes_count() >= self.needed() && replicated.end < valid_until {
+                return Ok(Acquired::Granted { valid_until, fence });
+            }
+            // Not safe from a failover: let it go everywhere.
+            let acked = replicated.yes_count();
+            let cause = replicated
+                .first_failure
+                .map(|(i, failure)| Box::new(failure.into_error(&self.nodes[i].name)));
+            round.clean_up(0);
+            return Err(Error::NotReplicated {
+                acked,
+                needed: self.needed(),
+                replicas,
+                wait,
+                cause,
+            });
         }
         // Failed and timed-out nodes are cleaned too: the SET may have
         // arrived even though its reply did not.
@@ -546,7 +577,7 @@ mod tests {
             wait: Duration::from_millis(10),
             quarantine: None,
         };
-        Quorum::new(endpoints, timeouts, pool, 0.01).expect("distinct nodes")
+        Quorum::new(endpoints, timeouts, pool, 0.01, None).expect("distinct nodes")
     }
 
     #[test]

@@ -247,6 +247,24 @@ impl ReadBuf {
         }
     }
 
+    /// Like [`take`](Self::take), also handing over the reply's bytes as
+    /// they came (for the few replies whose array items matter: `ROLE`,
+    /// `SENTINEL`; see [`items`]).
+    pub(crate) fn take_raw<T>(
+        &mut self,
+        read: &mut impl FnMut(Reply<'_>, &[u8]) -> T,
+    ) -> Result<Option<T>, ProtocolError> {
+        let buf = &self.buf[self.start..self.end];
+        match parse(buf)? {
+            Parse::Incomplete => Ok(None),
+            Parse::Complete(reply, used) => {
+                let out = read(reply, &buf[..used]);
+                self.consume(used);
+                Ok(Some(out))
+            }
+        }
+    }
+
     /// Decodes one push (see [`parse_push`]) if a whole one is buffered,
     /// hands it to `read` and consumes it; `Ok(None)` when more bytes are
     /// needed.
@@ -299,6 +317,26 @@ impl ReadBuf {
     }
 }
 
+/// The top-level items of a whole array reply given as bytes (from
+/// [`ReadBuf::take_raw`]); `None` if it is not an array. Off the hot path:
+/// the items are collected into a `Vec`.
+pub(crate) fn items(raw: &[u8]) -> Option<Vec<Reply<'_>>> {
+    let Ok(Parse::Complete(Reply::Array(count), _)) = parse(raw) else {
+        return None;
+    };
+    let (_, after_line) = line(&raw[1..]).ok()??;
+    let mut at = 1 + after_line;
+    let mut out = Vec::with_capacity(count.min(16));
+    for _ in 0..count {
+        let Ok(Parse::Complete(item, used)) = parse(&raw[at..]) else {
+            return None;
+        };
+        out.push(item);
+        at += used;
+    }
+    Some(out)
+}
+
 /// Appends one command, as an array of bulk strings, to `buf`.
 ///
 /// Allocation-free once `buf` has the capacity: lengths are formatted on the
@@ -326,6 +364,22 @@ mod tests {
     use super::*;
 
     /// Pushes as a subscribed connection receives them, whole and cut.
+    #[test]
+    fn array_items_are_found() {
+        let raw = b"*3\r\n$6\r\nmaster\r\n:42\r\n*1\r\n+x\r\n";
+        assert_eq!(
+            items(raw),
+            Some(vec![
+                Reply::Bulk(b"master"),
+                Reply::Integer(42),
+                Reply::Array(1)
+            ])
+        );
+        assert_eq!(items(b"+OK\r\n"), None);
+        assert_eq!(items(b"*2\r\n$1\r\na\r\n"), None);
+        assert_eq!(items(b"*-1\r\n"), None);
+    }
+
     #[test]
     fn pushes() {
         let message = b"*3\r\n$7\r\nmessage\r\n$17\r\nredlease:wake:k\r\n\r\n$8\r\nab12cd34\r\n";

@@ -10,9 +10,10 @@
 //! 3. **gather**: read every reply until the deadline;
 //! 4. **second chance**, once, for nodes that could not answer through no
 //!    fault of theirs: a `NOSCRIPT` reply (the script goes again by
-//!    source) or a pooled connection the server had closed while it sat
-//!    idle (the request goes again on a new connection, if there is time
-//!    left to connect). Neither can repeat, so there is no loop. A request
+//!    source), a pooled connection the server had closed while it sat
+//!    idle, or a `READONLY` from a sentinel-found master that a failover
+//!    demoted (the request goes again on a new connection, if there is
+//!    time left to connect; a refused write did nothing). Neither can repeat, so there is no loop. A request
 //!    sent again may find the effect of its first sending (the server may
 //!    have applied it just before closing). Acquisitions go again as a
 //!    script that recognises our own token, and a handoff recognises the
@@ -291,6 +292,19 @@ impl<'q> Round<'q> {
                 Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
                     redos.push((i, Redo::Source));
                 }
+                // A master demoted by a failover refused the write: the
+                // sentinels name another server now, and a new connection
+                // goes there (its idle siblings are closed with it).
+                Err(failure)
+                    if failure.server_error() == Some(ServerError::ReadOnly)
+                        && self.nodes[i].follows_failover() =>
+                {
+                    log::debug!(
+                        "redlease: {} is read-only now, reconnecting through its sentinels",
+                        self.nodes[i].name
+                    );
+                    redos.push((i, Redo::Reconnect));
+                }
                 Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
                 Err(failure) => self.tally.fail(i, failure),
             }
@@ -370,6 +384,53 @@ impl<'q> Round<'q> {
     /// request even when the request's reply never came: a connection that
     /// timed out still carries it, then is closed without waiting for a
     /// reply. Returns the round's tally (not the clean-up's).
+    /// After a grant: asks each node in `granted`, on the very connection
+    /// that wrote the lock (`WAIT` counts that connection's writes), whether
+    /// `replicas` of its replicas acknowledged it within `wait`. The answers
+    /// are a tally of their own (yes: replicated); the round's is kept. No
+    /// second chance: a `WAIT` on another connection would prove nothing.
+    pub(crate) fn confirm_replicated(
+        &mut self,
+        granted: Mask,
+        replicas: u32,
+        wait: Duration,
+    ) -> Tally {
+        let op = Op::WaitReplicas {
+            replicas,
+            timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+        };
+        let now = Instant::now();
+        let acquired = std::mem::replace(&mut self.tally, Tally::new(now));
+        let mut pending = 0;
+        for (i, slot) in self.slots.iter_mut().enumerate() {
+            if granted & (1 << i) == 0 {
+                continue;
+            }
+            // A grant after a second chance came on the new connection,
+            // which is in the slot now.
+            let Some(conn) = slot.as_mut() else { continue };
+            op.encode(conn.request(), self.key, self.token, Form::Sha);
+            match conn.send() {
+                Ok(()) => pending |= 1 << i,
+                Err(failure) => self.tally.fail(i, failure),
+            }
+        }
+        let kept_op = std::mem::replace(&mut self.op, op);
+        let mut redos = Redos::new();
+        self.gather(
+            pending,
+            time::deadline(now, wait.saturating_add(self.io_timeout)),
+            true,
+            &mut redos,
+        );
+        for (i, _) in redos {
+            self.tally.fail(i, Failure::Closed);
+        }
+        self.op = kept_op;
+        self.tally.end = Instant::now();
+        std::mem::replace(&mut self.tally, acquired)
+    }
+
     pub(crate) fn clean_up(self, skip: Mask) -> Tally {
         let token = self.token;
         self.clean_up_token(skip, token)

@@ -305,6 +305,9 @@ pub(crate) enum Op<'a> {
     FencedAcquire { ttl_ms: u64, pttl: bool },
     /// The fence write-back: the key's counter up to `fence`, if ours.
     FenceWrite { fence: u64 },
+    /// `WAIT replicas timeout_ms`, on the connection that just wrote the
+    /// lock: yes when at least `replicas` replicas acknowledged it.
+    WaitReplicas { replicas: u32, timeout_ms: u64 },
 }
 
 /// How a script travels.
@@ -381,6 +384,20 @@ impl<'a> Op<'a> {
             Op::ExtendMany { keys, args } => return encode_many(buf, keys, args, form),
             Op::FencedAcquire { .. } | Op::FenceWrite { .. } => {
                 return self.encode_fenced(buf, key, token, form);
+            }
+            Op::WaitReplicas {
+                replicas,
+                timeout_ms,
+            } => {
+                let (mut n, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+                return resp::encode(
+                    buf,
+                    &[
+                        b"WAIT",
+                        n.format(replicas).as_bytes(),
+                        t.format(timeout_ms).as_bytes(),
+                    ],
+                );
             }
         };
         // Four copies in all: the constant head, the key's length line, the
@@ -486,6 +503,13 @@ impl<'a> Op<'a> {
                 })
             }
             (Op::FairLeave, Reply::Integer(_)) => Ok(Vote::Yes),
+            (Op::WaitReplicas { replicas, .. }, Reply::Integer(acked)) => {
+                Ok(if acked >= i64::from(replicas) {
+                    Vote::Yes
+                } else {
+                    Vote::NO
+                })
+            }
             (Op::ExtendMany { keys, .. }, Reply::Integer(bits))
                 if bits >= 0 && (keys >= 63 || bits >> keys == 0) =>
             {

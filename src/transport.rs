@@ -60,25 +60,11 @@ impl Stream {
                 Ok(Stream::Unix(stream))
             }
             Addr::Tcp { host, port, tls } => {
-                let stream = open_tcp(host, *port, connect_timeout)?;
-                stream.set_nodelay(true)?;
-                stream.set_read_timeout(Some(io_timeout))?;
-                stream.set_write_timeout(Some(io_timeout))?;
-                let Some(tls) = tls else {
-                    return Ok(Stream::Tcp(stream));
-                };
-                #[cfg(feature = "tls")]
-                {
-                    // The handshake is bounded by the connect timeout.
-                    stream.set_read_timeout(Some(connect_timeout))?;
-                    stream.set_write_timeout(Some(connect_timeout))?;
-                    let stream = tls.handshake(host, stream)?;
-                    stream.socket().set_read_timeout(Some(io_timeout))?;
-                    stream.socket().set_write_timeout(Some(io_timeout))?;
-                    Ok(Stream::Tls(Box::new(stream)))
-                }
-                #[cfg(not(feature = "tls"))]
-                match *tls {}
+                open_tcp_or_tls(host, *port, tls.as_ref(), connect_timeout, io_timeout)
+            }
+            Addr::Sentinel { sentinels, tls } => {
+                let (host, port) = sentinels.master_addr(connect_timeout, io_timeout)?;
+                open_tcp_or_tls(&host, port, tls.as_ref(), connect_timeout, io_timeout)
             }
         }
     }
@@ -207,6 +193,35 @@ impl Writer {
             Writer::Tls(s) => s.shutdown(),
         };
     }
+}
+
+/// TCP to `host:port`, then TLS over it when `tls` is given.
+fn open_tcp_or_tls(
+    host: &str,
+    port: u16,
+    tls: Option<&Tls>,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+) -> Result<Stream, Failure> {
+    let stream = open_tcp(host, port, connect_timeout)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(io_timeout))?;
+    stream.set_write_timeout(Some(io_timeout))?;
+    let Some(tls) = tls else {
+        return Ok(Stream::Tcp(stream));
+    };
+    #[cfg(feature = "tls")]
+    {
+        // The handshake is bounded by the connect timeout.
+        stream.set_read_timeout(Some(connect_timeout))?;
+        stream.set_write_timeout(Some(connect_timeout))?;
+        let stream = tls.handshake(host, stream)?;
+        stream.socket().set_read_timeout(Some(io_timeout))?;
+        stream.socket().set_write_timeout(Some(io_timeout))?;
+        Ok(Stream::Tls(Box::new(stream)))
+    }
+    #[cfg(not(feature = "tls"))]
+    match *tls {}
 }
 
 /// Resolves the host and connects to the first address that answers.

@@ -156,7 +156,8 @@ pub fn roundtrip(data: &[u8]) {
     batch.push(left, &token, ttl_ms);
     batch.push(right, &to, ttl_ms / 2);
     let half_ttl = (ttl_ms / 2).to_string().into_bytes();
-    let op = match selector % 10 {
+    let replicas_text = (ttl_ms % 7).to_string().into_bytes();
+    let op = match selector % 11 {
         0 => Op::Acquire { ttl_ms },
         1 => Op::Release,
         2 => Op::Extend { ttl_ms },
@@ -169,6 +170,10 @@ pub fn roundtrip(data: &[u8]) {
             pttl: enqueue,
         },
         8 => Op::FenceWrite { fence: ttl_ms },
+        9 => Op::WaitReplicas {
+            replicas: (ttl_ms % 7) as u32,
+            timeout_ms: ttl_ms,
+        },
         _ => batch.op(),
     };
     let mut buf = BytesMut::new();
@@ -187,6 +192,8 @@ pub fn roundtrip(data: &[u8]) {
         Op::ExtendMany { .. } => &scripts.extend_many,
         Op::FencedAcquire { .. } => &scripts.fenced_acquire,
         Op::FenceWrite { .. } => &scripts.fence_write,
+        // Not a script: its expected command is below.
+        Op::WaitReplicas { .. } => &scripts.release,
     };
     let (verb, first): (&[u8], &[u8]) = if full_script {
         (b"EVAL", script.source.as_bytes())
@@ -220,6 +227,7 @@ pub fn roundtrip(data: &[u8]) {
             }
             args
         }
+        Op::WaitReplicas { .. } => vec![b"WAIT", &replicas_text, &ttl_text],
         Op::ExtendMany { .. } => vec![
             verb,
             first,

@@ -11,6 +11,7 @@ pub mod alloc;
 pub mod fake;
 pub mod oracle;
 pub mod proxy;
+pub mod sentinel;
 pub mod tls;
 
 use std::io::{Read, Write};
