@@ -108,6 +108,26 @@ fn three_nodes_end_to_end() {
     assert!((300..300 + 8).contains(&n), "count bounds the run: {n}");
 }
 
+/// The embedded transports and the Sentinel deployment, each bounded by a
+/// count: clean, and labelled.
+#[test]
+fn transports_and_sentinel_end_to_end() {
+    for (args, topology) in [
+        (&["--transport", "unix"][..], "unix socket"),
+        (&["--transport", "tls"][..], "tls"),
+        (
+            &["--sentinel", "--wait-replicas", "1"][..],
+            "sentinel: a master, 1 replica, 3 sentinels",
+        ),
+    ] {
+        let mut all = args.to_vec();
+        all.extend(["--duration", "5s", "--count", "200", "--json"]);
+        let s = summary(&all);
+        check_clean(&s, 1);
+        assert_eq!(s["setup"]["topology"], topology, "{s}");
+    }
+}
+
 /// Without retries a held lock is a gave-up, not an error.
 #[test]
 fn no_retry_counts_gave_ups() {

@@ -4,6 +4,9 @@
 //! ```text
 //! cargo run --release --example workers                      # 1 embedded redis-server
 //! cargo run --release --example workers -- --nodes 3         # Redlock over 3 embedded servers
+//! cargo run --release --example workers -- --transport unix      # the same over a unix socket
+//! cargo run --release --example workers -- --transport tls       # ... over TLS (certificates made on the spot)
+//! cargo run --release --example workers -- --sentinel            # a master, a replica and 3 sentinels
 //! cargo run --release --example workers -- --url redis://10.0.0.5:6379 --threads 32 --json
 //! ```
 //!
@@ -17,6 +20,7 @@ mod stats;
 mod support;
 
 use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -75,9 +79,27 @@ struct Options {
     /// Embedded redis-server instances to start: 1, or 3/5 for Redlock.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
     nodes: u32,
+    /// How the embedded servers are reached.
+    #[arg(long, value_enum, default_value_t = Transport::Tcp)]
+    transport: Transport,
+    /// Embedded Sentinel deployment: a master, one replica and three
+    /// sentinels; locks find the master through the sentinels.
+    #[arg(long, conflicts_with_all = ["nodes", "urls"])]
+    sentinel: bool,
+    /// With --sentinel (or any node): grant only what this many replicas
+    /// acknowledged (WAIT), within 100 ms.
+    #[arg(long)]
+    wait_replicas: Option<u32>,
     /// Redis node URL; repeat (or comma-separate) for a Redlock quorum.
     #[arg(long = "url", env = "REDIS_URL", value_delimiter = ',')]
     urls: Vec<String>,
+    /// CA certificate (PEM) for rediss:// --url nodes.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    /// Where the workers keep their counters (redis:// or unix://);
+    /// defaults to the first --url.
+    #[arg(long)]
+    counter_url: Option<String>,
     /// First come, first served (one node only): waiters get the lock in
     /// the order they asked.
     #[arg(long)]
@@ -90,6 +112,16 @@ struct Options {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    /// TCP on loopback.
+    Tcp,
+    /// The servers' unix sockets.
+    Unix,
+    /// TLS on loopback, with a CA and certificates made for the run.
+    Tls,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,19 +228,76 @@ impl Shared {
 fn run(o: &Options) -> Result<Summary, String> {
     // Embedded servers live until the end of `run`, then are killed by pid.
     let mut servers = Vec::new();
-    let urls = if o.urls.is_empty() {
+    let mut deployment = None;
+    let certs =
+        (o.urls.is_empty() && o.transport == Transport::Tls).then(support::tls::Certs::make);
+    let embedded = o.urls.is_empty();
+    let mut builder = LockManager::builder();
+    let (urls, counter_url, topology) = if o.sentinel {
+        let d = support::sentinel::Deployment::start(1, 3, 5_000);
+        let master = format!("redis://{}", support::sentinel::MASTER);
+        builder = builder.sentinel(master, d.sentinel_urls());
+        let counter = d.servers[0].url();
+        deployment = Some(d);
+        (
+            Vec::new(),
+            counter,
+            "sentinel: a master, 1 replica, 3 sentinels".to_owned(),
+        )
+    } else if embedded {
         for _ in 0..o.nodes {
-            servers.push(RedisServer::try_start_detached(&[])?);
+            let server = match &certs {
+                None if o.transport == Transport::Unix => RedisServer::start_unix(),
+                None => RedisServer::try_start_detached(&[])?,
+                Some(certs) => {
+                    let args = certs.server_args(
+                        support::free_port(),
+                        support::tls::ServerCert::Good,
+                        false,
+                    );
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    RedisServer::try_start_detached(&args)?
+                }
+            };
+            servers.push(server);
         }
-        servers.iter().map(RedisServer::url).collect()
+        let urls: Vec<String> = servers
+            .iter()
+            .map(|s| match o.transport {
+                Transport::Tcp => s.url(),
+                Transport::Unix => s.unix_url(),
+                Transport::Tls => format!("rediss://localhost:{}", s.tls_port().expect("tls")),
+            })
+            .collect();
+        if let Some(certs) = &certs {
+            builder = builder.tls_ca_file(certs.ca());
+        }
+        let label = match o.transport {
+            Transport::Tcp => "tcp",
+            Transport::Unix => "unix socket",
+            Transport::Tls => "tls",
+        };
+        (urls, servers[0].url(), label.to_owned())
     } else {
-        o.urls.clone()
+        if let Some(ca) = &o.tls_ca {
+            builder = builder.tls_ca_file(ca);
+        }
+        let counter = o.counter_url.clone().unwrap_or_else(|| o.urls[0].clone());
+        if counter.starts_with("rediss:") {
+            return Err(
+                "the counters need a redis:// or unix:// address: give --counter-url".into(),
+            );
+        }
+        (o.urls.clone(), counter, "given".to_owned())
     };
-    let locks = LockManager::builder()
+    if let Some(n) = o.wait_replicas {
+        builder = builder.wait_for_replicas(n, Duration::from_millis(100));
+    }
+    let locks = builder
         .nodes(urls.iter().map(String::as_str))
         // Servers this run started are fresh and private: no one's locks to
         // protect, so no restart quarantine. Given servers keep it on.
-        .restart_quarantine(servers.is_empty() && !o.no_quarantine)
+        .restart_quarantine(!embedded && !o.no_quarantine)
         // The maximum lease (60 s by default) must admit the TTL asked for.
         .max_ttl(o.ttl.max(Duration::from_secs(60)))
         .pool_size(o.threads.min(1024) as usize)
@@ -216,7 +305,8 @@ fn run(o: &Options) -> Result<Summary, String> {
         .fair(o.fair)
         .build()
         .map_err(|e| e.to_string())?;
-    let counter_url = &urls[0];
+    let nodes = locks.nodes();
+    let counter_url = &counter_url;
     let redis_version = redis_version(counter_url).unwrap_or_else(|| "(version unknown)".into());
     let rtt = round_trip(counter_url)?;
 
@@ -238,7 +328,11 @@ fn run(o: &Options) -> Result<Summary, String> {
     });
     {
         let shared = Arc::clone(&shared);
-        let pids: Vec<u32> = servers.iter().filter_map(RedisServer::pid).collect();
+        let pids: Vec<u32> = servers
+            .iter()
+            .chain(deployment.iter().flat_map(|d| &d.servers))
+            .filter_map(RedisServer::pid)
+            .collect();
         // A first Ctrl-C ends the run early: the summary still prints and
         // the embedded servers (in their own process group, so the Ctrl-C
         // did not reach them) are stopped after. A second one does not wait.
@@ -282,12 +376,15 @@ fn run(o: &Options) -> Result<Summary, String> {
     let overlaps = stats.overlaps();
     cleanup(counter_url, &shared);
     drop(servers);
+    drop(deployment);
+    drop(certs);
     Ok(Summary {
         setup: Setup {
             threads: o.threads,
             keys: o.keys,
-            nodes: urls.len(),
-            embedded: o.urls.is_empty(),
+            nodes,
+            embedded,
+            topology,
             redis_version,
             ttl: o.ttl,
             hold: o.hold,

@@ -122,6 +122,8 @@ pub struct Setup {
     pub keys: u32,
     pub nodes: usize,
     pub embedded: bool,
+    /// How the nodes are reached: tcp, unix socket, tls, sentinel, given.
+    pub topology: String,
     pub redis_version: String,
     pub ttl: Duration,
     pub hold: Duration,
@@ -182,6 +184,7 @@ impl Summary {
                 "keys": self.setup.keys,
                 "nodes": self.setup.nodes,
                 "embedded": self.setup.embedded,
+                "topology": self.setup.topology,
                 "redis_version": self.setup.redis_version,
                 "ttl_ms": self.setup.ttl.as_millis() as u64,
                 "hold_us": self.setup.hold.as_micros() as u64,
@@ -224,7 +227,11 @@ impl Summary {
         } else {
             format!("{} nodes (Redlock)", setup.nodes)
         };
-        let origin = if setup.embedded { "embedded" } else { "given" };
+        let origin = match (setup.embedded, setup.topology.as_str()) {
+            (true, "tcp") => "embedded".to_owned(),
+            (true, topology) => format!("embedded ({topology})"),
+            (false, _) => "given".to_owned(),
+        };
         let plural =
             |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
         let mut out = format!(

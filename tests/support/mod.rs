@@ -87,6 +87,12 @@ impl RedisServer {
         self.dir.join("redis.sock")
     }
 
+    /// The TLS port, if it was started with `--tls-port`.
+    pub fn tls_port(&self) -> Option<u16> {
+        let at = self.extra.iter().position(|a| a == "--tls-port")?;
+        self.extra.get(at + 1)?.parse().ok()
+    }
+
     /// `redis+unix:///…/redis.sock`.
     pub fn unix_url(&self) -> String {
         format!("redis+unix://{}", self.socket_path().display())
