@@ -73,8 +73,6 @@ pub enum Error {
         needed: usize,
         /// Replicas asked for, per node.
         replicas: u32,
-        /// How long they were given.
-        wait: Duration,
         /// A node's failure while asking, if any.
         cause: Option<Box<Error>>,
     },
@@ -292,12 +290,11 @@ impl fmt::Display for Error {
                 acked,
                 needed,
                 replicas,
-                wait,
                 cause,
             } => {
                 write!(
                     f,
-                    "not replicated: the lock needed {replicas} replica(s) to acknowledge it within {wait:?} on {needed} node(s), and had that on {acked}; it was released"
+                    "not replicated: the lock needed {replicas} replica(s) to acknowledge it in time on {needed} node(s), and had that on {acked}; it was released"
                 )?;
                 if let Some(cause) = cause {
                     write!(f, " (first failure: {cause})")?;

@@ -303,7 +303,6 @@ impl Quorum {
                 acked,
                 needed: self.needed(),
                 replicas,
-                wait,
                 cause,
             });
         }
