@@ -466,6 +466,23 @@ impl Failure {
         }
     }
 
+    /// What went wrong, in words, without the node's name (for `status()`).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            Failure::Io(e) => format!("i/o error: {e}"),
+            Failure::Timeout => "timed out".into(),
+            Failure::Closed => "connection closed by the server".into(),
+            Failure::Protocol(detail) => format!("protocol error: {detail}"),
+            Failure::Server(text) => format!("server error: {}", text.to_boxed_str()),
+            Failure::Auth(text) => format!("authentication failed: {}", text.to_boxed_str()),
+            Failure::Down => "node down".into(),
+            Failure::PoolTimeout(waited) => format!("pool exhausted for {waited:?}"),
+            Failure::Quarantined(left) => format!("quarantined for {left:?} more"),
+            #[cfg(feature = "tls")]
+            Failure::Tls(message) => format!("tls: {message}"),
+        }
+    }
+
     /// The public error, naming the node.
     pub(crate) fn into_error(self, node: &Arc<str>) -> Error {
         let node = Arc::clone(node);

@@ -74,6 +74,7 @@ mod retry;
 mod round;
 mod script;
 mod sentinel;
+mod status;
 mod subscriber;
 mod time;
 #[cfg(feature = "tls")]
@@ -87,6 +88,7 @@ pub use error::{Error, Result};
 pub use lock::Lock;
 pub use manager::LockManager;
 pub use retry::RetryPolicy;
+pub use status::{NodeStatus, Status};
 
 /// Compiles the README's examples as doctests, so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -8,9 +8,11 @@ use crate::builder::LockManagerBuilder;
 use crate::error::{Error, Result};
 use crate::keeper::{Keeper, LeaseRef};
 use crate::lock::Lock;
+use crate::probe;
 use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum};
 use crate::retry::RetryPolicy;
 use crate::script::FAIR_LEASE_MS;
+use crate::status::Status;
 use crate::time;
 use crate::token::Token;
 use crate::wait::{Handed, Registration, Wakeups};
@@ -117,6 +119,40 @@ impl LockManager {
     /// Number of nodes.
     pub fn nodes(&self) -> usize {
         self.shared.quorum.nodes().len()
+    }
+
+    /// Each node's health, for an operator's health endpoint or a log line:
+    /// up or down and since when, its latest failure, its restart
+    /// quarantine, its connections, and a `PING` round trip measured now
+    /// (nodes that are down are not pinged). Blocks for up to one I/O
+    /// timeout per node; never on the hot path.
+    ///
+    /// ```no_run
+    /// # let locks = redlease::LockManager::builder().node("redis://127.0.0.1").build()?;
+    /// let status = locks.status();
+    /// if !status.healthy() {
+    ///     eprintln!("{status}");
+    /// }
+    /// # Ok::<(), redlease::Error>(())
+    /// ```
+    pub fn status(&self) -> Status {
+        let nodes = self
+            .shared
+            .quorum
+            .nodes()
+            .iter()
+            .map(|node| {
+                let mut status = node.status();
+                if status.up {
+                    status.round_trip = probe::round_trip(node);
+                }
+                status
+            })
+            .collect();
+        Status {
+            nodes,
+            quorum: self.shared.quorum.needed(),
+        }
     }
 
     /// Votes needed for a lock: a strict majority of the nodes.

@@ -37,6 +37,7 @@ use crate::endpoint::{Addr, Endpoint};
 use crate::error::Failure;
 use crate::resp::Reply;
 use crate::sentinel::Watch;
+use crate::status::NodeStatus;
 use crate::time;
 
 /// First reconnect backoff after a failure.
@@ -86,6 +87,10 @@ pub(crate) struct Node {
     /// For a node found through sentinels: the master switches they
     /// announced; connections opened before the latest are closed.
     watch: Option<Watch>,
+    /// The latest failure, described, and when: for `status()`. Noted at
+    /// most once a second, so that a failing node does not allocate on
+    /// every operation.
+    last_error: Mutex<Option<(Instant, String)>>,
 }
 
 struct State {
@@ -109,6 +114,8 @@ struct State {
     silent_since: Option<Instant>,
     /// The watch's epoch the idle connections belong to.
     epoch: u64,
+    /// When it last went down or came back up (or was made).
+    changed_at: Instant,
 }
 
 impl fmt::Debug for Node {
@@ -140,11 +147,13 @@ impl Node {
                 quarantined_until: None,
                 silent_since: None,
                 epoch: 0,
+                changed_at: Instant::now(),
             }),
             freed: Condvar::new(),
             failing: AtomicBool::new(false),
             quarantined: AtomicBool::new(false),
             watch,
+            last_error: Mutex::new(None),
         }
     }
 
@@ -335,6 +344,9 @@ impl Node {
             return;
         }
         let backoff = (BACKOFF_MIN * (1 << state.failures.min(5))).min(BACKOFF_MAX);
+        if state.failures == 0 {
+            state.changed_at = now;
+        }
         state.failures = state.failures.saturating_add(1);
         state.down_until = Some(now + backoff);
         self.failing.store(true, Ordering::Relaxed);
@@ -344,6 +356,7 @@ impl Node {
         drop(state);
         // Closing sockets happens outside the lock.
         drop(idle);
+        self.note(failure);
         log::warn!(
             "redlease: node {} marked down for {backoff:?}: {failure:?}",
             self.name
@@ -362,12 +375,62 @@ impl Node {
     fn mark_up_slow(&self) {
         let mut state = self.state.lock();
         let was_down = state.failures > 0;
+        if was_down {
+            state.changed_at = Instant::now();
+        }
         state.failures = 0;
         state.down_until = None;
         self.failing.store(false, Ordering::Relaxed);
         drop(state);
         if was_down {
             log::info!("redlease: node {} is back up", self.name);
+        }
+    }
+
+    /// Keeps `failure` as the node's latest, unless one was kept less than
+    /// a second ago (or another thread is keeping one now).
+    #[cold]
+    fn note(&self, failure: &Failure) {
+        let Some(mut last) = self.last_error.try_lock() else {
+            return;
+        };
+        let now = Instant::now();
+        if last
+            .as_ref()
+            .is_some_and(|(at, _)| now.saturating_duration_since(*at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        *last = Some((now, failure.describe()));
+    }
+
+    /// Its health for `status()`, without a round trip.
+    pub(crate) fn status(&self) -> NodeStatus {
+        let now = Instant::now();
+        let (up, since, connections, idle) = {
+            let state = self.state.lock();
+            let up = state.failures == 0;
+            (
+                up,
+                now.saturating_duration_since(state.changed_at),
+                state.open,
+                state.idle.len(),
+            )
+        };
+        let last_error = self
+            .last_error
+            .lock()
+            .as_ref()
+            .map(|(at, text)| (text.clone(), now.saturating_duration_since(*at)));
+        NodeStatus {
+            name: self.name.to_string(),
+            up,
+            since,
+            last_error,
+            quarantined: self.quarantined(),
+            round_trip: None,
+            connections,
+            idle,
         }
     }
 
@@ -518,6 +581,9 @@ impl Checkout<'_> {
                 if !matches!(reply, Err(Failure::Protocol(_))) {
                     self.node.mark_up();
                 }
+                if let Err(failure) = &reply {
+                    self.node.note(failure);
+                }
                 reply
             }
             Err(Failure::Timeout) => {
@@ -526,7 +592,10 @@ impl Checkout<'_> {
                 }
                 Err(Failure::Timeout)
             }
-            Err(failure) => Err(failure),
+            Err(failure) => {
+                self.node.note(&failure);
+                Err(failure)
+            }
         }
     }
 }

@@ -38,6 +38,23 @@ pub(crate) fn run_id(node: &Arc<Node>) -> Result<Option<[u8; 40]>, Failure> {
     })?
 }
 
+/// One `PING`'s round trip on a pooled connection (for `status()`);
+/// `None` if the node is down or did not answer in time.
+pub(crate) fn round_trip(node: &Arc<Node>) -> Option<std::time::Duration> {
+    let mut conn = node.checkout(Take::Pooled).ok()?;
+    resp::encode(conn.request(), &[b"PING"]);
+    let start = std::time::Instant::now();
+    conn.send().ok()?;
+    let deadline = time::deadline_in(node.io_timeout());
+    conn.recv(deadline, true, |reply| match reply {
+        Reply::Simple(b"PONG") => Ok(()),
+        Reply::Error(text) => Err(Failure::from_server(text)),
+        _ => Err(Failure::Protocol("unexpected reply to PING")),
+    })
+    .ok()?;
+    Some(start.elapsed())
+}
+
 /// Whether the server told the handshake when it started (`INFO server`'s
 /// uptime), which the restart quarantine needs.
 pub(crate) fn tells_start(node: &Arc<Node>) -> Result<bool, Failure> {
