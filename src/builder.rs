@@ -391,6 +391,11 @@ impl LockManagerBuilder {
                 .restart_quarantine
                 .then(|| self.max_ttl + drift + Duration::from_millis(2)),
         };
+        if self.fair && self.replicas.is_some() {
+            return Err(Error::invalid(
+                "fair mode and wait_for_replicas cannot be combined: a fair waiter keeps its token, and WAIT cannot prove a grant that wrote nothing new",
+            ));
+        }
         if self.fair && endpoints.len() > 1 {
             return Err(Error::invalid(format!(
                 "fair mode needs exactly one node, not {}: independent Redlock masters cannot agree on one queue",
@@ -421,8 +426,9 @@ impl LockManagerBuilder {
     #[cfg(feature = "tls")]
     fn tls_connector(&self) -> Result<Option<crate::transport::Tls>> {
         if self.nodes.iter().any(|node| match node {
-            NodeSpec::Direct(info) | NodeSpec::Sentinel { master: info, .. } => {
-                Endpoint::wants_tls(info)
+            NodeSpec::Direct(info) => Endpoint::wants_tls(info),
+            NodeSpec::Sentinel { master, sentinels } => {
+                Endpoint::wants_tls(master) || sentinels.iter().any(Endpoint::wants_tls)
             }
         }) {
             return self.tls.connector().map(Some);
@@ -573,6 +579,17 @@ mod tests {
         assert!(msg.contains("#insecure is refused"), "{msg}");
         let msg = invalid(lazy().node("unix://"));
         assert!(!msg.is_empty(), "{msg}");
+    }
+
+    #[test]
+    fn fair_mode_with_wait_for_replicas_is_refused() {
+        let msg = invalid(
+            lazy()
+                .node("redis://127.0.0.1:7000")
+                .fair(true)
+                .wait_for_replicas(1, Duration::from_millis(10)),
+        );
+        assert!(msg.contains("fair mode and wait_for_replicas"), "{msg}");
     }
 
     #[test]

@@ -72,6 +72,8 @@ pub(crate) struct Conn {
     /// The server's uptime as its `INFO` told the handshake, and when we
     /// had the reply; `None` when it would not say.
     uptime: Option<Uptime>,
+    /// The server's `run_id` (new at every start), if it said.
+    run_id: Option<[u8; 40]>,
 }
 
 impl fmt::Debug for Conn {
@@ -98,6 +100,7 @@ impl Conn {
             got_reply_bytes: false,
             owed: 0,
             uptime: None,
+            run_id: None,
         };
         conn.handshake(endpoint, timeouts.io)?;
         Ok(conn)
@@ -107,6 +110,11 @@ impl Conn {
     /// handshake asked, if it said.
     pub(crate) fn server_uptime(&self) -> Option<Uptime> {
         self.uptime
+    }
+
+    /// Which server this is (its `run_id`), if it said.
+    pub(crate) fn server_run_id(&self) -> Option<[u8; 40]> {
+        self.run_id
     }
 
     fn handshake(&mut self, endpoint: &Endpoint, io_timeout: Duration) -> Result<(), Failure> {
@@ -189,6 +197,7 @@ impl Conn {
             (Some(failure), Ok(())) => Err(self.fail(failure)),
             (None, Ok(())) => {
                 let seen_at = Instant::now();
+                self.run_id = info.run_id;
                 self.uptime = info.uptime_s.map(|up| Uptime {
                     // Redis subtracts two wall-clock seconds, each
                     // truncated: the figure may overstate the uptime by up

@@ -77,7 +77,12 @@ impl Endpoint {
         tls: Option<&Tls>,
     ) -> Result<Endpoint> {
         let named = Endpoint::parse(index, master, tls)?;
-        let Addr::Tcp { host, tls, .. } = named.addr else {
+        let Addr::Tcp {
+            host,
+            tls: master_tls,
+            ..
+        } = named.addr
+        else {
             return Err(Error::invalid(format!(
                 "node {index}: a sentinel master is named by a redis:// or rediss:// address (redis://[user:password@]NAME[/db])"
             )));
@@ -89,12 +94,12 @@ impl Endpoint {
         }
         let sentinels = sentinels
             .iter()
-            .map(|s| Endpoint::parse(index, s, None))
+            .map(|s| Endpoint::parse(index, s, tls))
             .collect::<Result<Vec<_>>>()?;
         Ok(Endpoint {
             addr: Addr::Sentinel {
                 sentinels: Arc::new(Sentinels::new(host, sentinels)),
-                tls,
+                tls: master_tls,
             },
             ..named
         })

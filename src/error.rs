@@ -177,6 +177,10 @@ impl Error {
             | Error::RandomSource(_)
             | Error::LockLost => false,
             Error::Server { message, .. } => ServerError::of(message.as_bytes()).may_pass(),
+            // Retrying cannot help if asking was refused (`WAIT` denied).
+            Error::NotReplicated {
+                cause: Some(cause), ..
+            } => cause.is_retryable(),
             _ => true,
         }
     }

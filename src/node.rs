@@ -116,6 +116,8 @@ struct State {
     epoch: u64,
     /// When it last went down or came back up (or was made).
     changed_at: Instant,
+    /// The `run_id` of the server its latest connection reached.
+    run_id: Option<[u8; 40]>,
 }
 
 impl fmt::Debug for Node {
@@ -148,6 +150,7 @@ impl Node {
                 silent_since: None,
                 epoch: 0,
                 changed_at: Instant::now(),
+                run_id: None,
             }),
             freed: Condvar::new(),
             failing: AtomicBool::new(false),
@@ -249,7 +252,7 @@ impl Node {
         let connect_within = timeouts.connect;
         match Conn::connect(&self.endpoint, timeouts) {
             Ok(conn) => {
-                self.saw_start(conn.server_uptime());
+                self.saw_start(conn.server_uptime(), conn.server_run_id());
                 self.mark_up();
                 Ok(Checkout {
                     node: self,
@@ -280,6 +283,7 @@ impl Node {
         }
         state.reconnecting = true;
         state.open += 1;
+        let epoch = self.sync_epoch(state);
         let node = Arc::downgrade(self);
         let (endpoint, timeouts) = (self.endpoint.clone(), self.timeouts);
         let spawned = thread::Builder::new()
@@ -292,7 +296,7 @@ impl Node {
                 let connect = std::panic::AssertUnwindSafe(|| Conn::connect(&endpoint, timeouts));
                 let result = std::panic::catch_unwind(connect)
                     .unwrap_or(Err(Failure::Protocol("reconnect panicked")));
-                reconnected(&node, result);
+                reconnected(&node, result, epoch);
             });
         if let Err(e) = spawned {
             state.reconnecting = false;
@@ -466,17 +470,27 @@ impl Node {
     }
 
     /// A connection's handshake said how long the server had been up
-    /// (`None`: it would not say). Up for less than the quarantine, the
-    /// node is quarantined until the quarantine has passed since the
-    /// start. A server that will not say is quarantined in full from the
-    /// first time it was seen not saying (not from every connection, which
-    /// would never end).
-    fn saw_start(&self, uptime: Option<Uptime>) {
+    /// (`None`: it would not say) and which server it is. Up for less than
+    /// the quarantine, the node is quarantined until the quarantine has
+    /// passed since the start. A server that will not say is quarantined in
+    /// full from the first time it was seen not saying (not from every
+    /// connection, which would never end). And a node whose address now
+    /// leads to another server than before (a Sentinel failover, a DNS or
+    /// proxy switch: a new `run_id` with a long uptime) is quarantined in
+    /// full from now: the new server may lack locks the old one granted.
+    fn saw_start(&self, uptime: Option<Uptime>, run_id: Option<[u8; 40]>) {
         let Some(quarantine) = self.config.quarantine else {
             return;
         };
         let now = Instant::now();
         let mut state = self.state.lock();
+        let switched = match (state.run_id, run_id) {
+            (Some(before), Some(now_id)) => before != now_id,
+            _ => false,
+        };
+        if run_id.is_some() {
+            state.run_id = run_id;
+        }
         // Computed forward from when the uptime was read, never by going
         // back from it (an Instant cannot always be taken back that far).
         let until = match uptime {
@@ -485,6 +499,15 @@ impl Node {
                 time::deadline(seen_at, quarantine.saturating_sub(up))
             }
             None => time::deadline(*state.silent_since.get_or_insert(now), quarantine),
+        };
+        let until = if switched {
+            log::warn!(
+                "redlease: node {} now leads to another server (a failover?): it grants no lock for {quarantine:?}",
+                self.name
+            );
+            until.max(time::deadline(now, quarantine))
+        } else {
+            until
         };
         if until <= now {
             return;
@@ -527,7 +550,7 @@ impl Node {
 
 /// Delivers a background connect's outcome to its node, if the node is
 /// still there.
-fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>) {
+fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>, epoch: u64) {
     let Some(node) = node.upgrade() else { return };
     let mut state = node.state.lock();
     state.reconnecting = false;
@@ -535,10 +558,15 @@ fn reconnected(node: &Weak<Node>, result: Result<Conn, Failure>) {
         Ok(mut conn) => {
             // The quarantine is known before the connection can be taken.
             drop(state);
-            node.saw_start(conn.server_uptime());
+            node.saw_start(conn.server_uptime(), conn.server_run_id());
             let mut state = node.state.lock();
-            conn.returned_to_pool();
-            state.idle.push(Box::new(conn));
+            if node.sync_epoch(&mut state) == epoch {
+                conn.returned_to_pool();
+                state.idle.push(Box::new(conn));
+            } else {
+                // The sentinels announced a new master meanwhile.
+                state.open -= 1;
+            }
             drop(state);
             node.mark_up();
         }

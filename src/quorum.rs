@@ -201,6 +201,7 @@ impl Quorum {
                     e @ (Error::Auth { .. }
                     | Error::Permission { .. }
                     | Error::Protocol { .. }
+                    | Error::Tls { .. }
                     | Error::InvalidArgument(_)
                     | Error::RandomSource(_)),
                 ) => return Err(e),
@@ -288,10 +289,17 @@ impl Quorum {
             let Some((replicas, wait)) = self.replicas else {
                 return Ok(Acquired::Granted { valid_until, fence });
             };
-            let granted = tally.yes;
+            let (granted, tally_start) = (tally.yes, tally.start);
             let replicated = round.confirm_replicated(granted, replicas, wait);
-            if replicated.yes_count() >= self.needed() && replicated.end < valid_until {
-                return Ok(Acquired::Granted { valid_until, fence });
+            if replicated.yes_count() >= self.needed() {
+                if replicated.end < valid_until {
+                    return Ok(Acquired::Granted { valid_until, fence });
+                }
+                round.clean_up(0);
+                return Err(Error::ValidityExpired {
+                    elapsed: replicated.end - tally_start,
+                    ttl,
+                });
             }
             // Not safe from a failover: let it go everywhere.
             let acked = replicated.yes_count();

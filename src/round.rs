@@ -389,6 +389,10 @@ impl<'q> Round<'q> {
     /// `replicas` of its replicas acknowledged it within `wait`. The answers
     /// are a tally of their own (yes: replicated); the round's is kept. No
     /// second chance: a `WAIT` on another connection would prove nothing.
+    /// Only sound for grants that wrote on this connection: a script that
+    /// answers "granted" for a key already holding our token writes
+    /// nothing, which is why fair mode (one token for a whole wait) is
+    /// refused with it, and resent grants are not asked.
     pub(crate) fn confirm_replicated(
         &mut self,
         granted: Mask,
@@ -403,11 +407,13 @@ impl<'q> Round<'q> {
         let acquired = std::mem::replace(&mut self.tally, Tally::new(now));
         let mut pending = 0;
         for (i, slot) in self.slots.iter_mut().enumerate() {
-            if granted & (1 << i) == 0 {
+            // A grant after a second chance may have written nothing on
+            // its new connection (the script recognised our own token,
+            // written on the first): WAIT there would count no write and
+            // pass at once. Such a node is not confirmed.
+            if granted & !self.resent & (1 << i) == 0 {
                 continue;
             }
-            // A grant after a second chance came on the new connection,
-            // which is in the slot now.
             let Some(conn) = slot.as_mut() else { continue };
             op.encode(conn.request(), self.key, self.token, Form::Sha);
             match conn.send() {

@@ -17,7 +17,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -36,6 +36,10 @@ pub(crate) struct Sentinels {
     sentinels: Vec<Endpoint>,
     /// The sentinel that answered last; asked first next time.
     first: Mutex<usize>,
+    /// The master's address as the latest `+switch-master` announced it:
+    /// a sentinel that still names another one lags behind, and is not
+    /// believed.
+    announced: Mutex<Option<(String, u16)>>,
 }
 
 impl Sentinels {
@@ -44,6 +48,7 @@ impl Sentinels {
             master,
             sentinels,
             first: Mutex::new(0),
+            announced: Mutex::new(None),
         }
     }
 
@@ -59,6 +64,9 @@ impl Sentinels {
     ) -> Result<(String, u16), Failure> {
         let n = self.sentinels.len();
         let first = *self.first.lock();
+        // "No such master" outranks a later sentinel's silence: it is the
+        // answer that tells the user something.
+        let mut unknown = None;
         let mut last = None;
         for k in 0..n {
             let i = (first + k) % n;
@@ -69,11 +77,22 @@ impl Sentinels {
                 io_timeout,
             ) {
                 Ok(Some(addr)) => {
+                    let announced = self.announced.lock().clone();
+                    if announced.as_ref().is_some_and(|a| *a != addr) {
+                        log::debug!(
+                            "redlease: sentinel {} still names {}:{} for {}, not the announced new master",
+                            self.sentinels[i].name(),
+                            addr.0,
+                            addr.1,
+                            self.master
+                        );
+                        continue;
+                    }
                     *self.first.lock() = i;
                     return Ok(addr);
                 }
                 Ok(None) => {
-                    last.get_or_insert_with(|| {
+                    unknown.get_or_insert_with(|| {
                         Failure::Server(ServerText::new(
                             format!(
                                 "no sentinel knows a master named {:?} (SENTINEL get-master-addr-by-name answered nil)",
@@ -92,7 +111,13 @@ impl Sentinels {
                 }
             }
         }
-        Err(last.unwrap_or(Failure::Protocol("no sentinel given")))
+        // Every sentinel lags behind the announcement: go by it.
+        if let Some(announced) = self.announced.lock().clone() {
+            return Ok(announced);
+        }
+        Err(unknown
+            .or(last)
+            .unwrap_or(Failure::Protocol("no sentinel given")))
     }
 }
 
@@ -207,21 +232,37 @@ impl Watch {
 
 fn watch(epoch: &Weak<AtomicU64>, sentinels: &Sentinels, timeouts: Timeouts) {
     let mut next = *sentinels.first.lock();
-    let mut subscribed_before = false;
+    let mut listened_before = false;
+    let mut refusal_logged = false;
     while epoch.strong_count() > 0 {
         let sentinel = &sentinels.sentinels[next % sentinels.sentinels.len()];
+        let mut pause = Duration::from_millis(200);
         match subscribe(sentinel, timeouts) {
             Ok(mut stream) => {
-                if subscribed_before {
-                    // A switch may have passed while we were not listening.
-                    bump(epoch);
-                }
-                subscribed_before = true;
-                let ended = listen(&mut stream, epoch, &sentinels.master);
-                log::debug!(
-                    "redlease: sentinel watch on {} ended: {ended:?}",
-                    sentinel.name()
+                let ended = listen(
+                    &mut stream,
+                    epoch,
+                    sentinels,
+                    timeouts,
+                    &mut listened_before,
                 );
+                if ended.server_error().is_some() {
+                    // Refused (an ACL without the channel): the node still
+                    // follows failovers by READONLY and lost connections.
+                    if !std::mem::replace(&mut refusal_logged, true) {
+                        log::warn!(
+                            "redlease: sentinel {} refused +switch-master ({}); failovers are seen later, by READONLY or lost connections",
+                            sentinel.name(),
+                            ended.describe()
+                        );
+                    }
+                    pause = Duration::from_secs(5);
+                } else {
+                    log::debug!(
+                        "redlease: sentinel watch on {} ended: {ended:?}",
+                        sentinel.name()
+                    );
+                }
             }
             Err(failure) => log::debug!(
                 "redlease: cannot watch sentinel {}: {failure:?}",
@@ -229,7 +270,7 @@ fn watch(epoch: &Weak<AtomicU64>, sentinels: &Sentinels, timeouts: Timeouts) {
             ),
         }
         next += 1;
-        thread::sleep(Duration::from_millis(200));
+        thread::sleep(pause);
     }
 }
 
@@ -258,10 +299,26 @@ fn subscribe(sentinel: &Endpoint, timeouts: Timeouts) -> Result<Stream, Failure>
     Ok(stream)
 }
 
-/// Reads pushes until the connection fails or the watch is dropped; a
-/// switch of `master` bumps the epoch.
-fn listen(stream: &mut Stream, epoch: &Weak<AtomicU64>, master: &str) -> Failure {
+/// How long a quiet subscription goes before the watch checks its
+/// sentinel is alive (a `PING`, answered within the I/O timeout).
+const PING_AFTER: Duration = Duration::from_secs(5);
+
+/// Reads pushes until the connection fails, the sentinel goes silent, or
+/// the watch is dropped. A switch of our master records the announced
+/// address and bumps the epoch. Once subscribed again after an earlier
+/// subscription (`listened_before`), the epoch is bumped too: a switch may
+/// have passed unheard.
+fn listen(
+    stream: &mut Stream,
+    epoch: &Weak<AtomicU64>,
+    sentinels: &Sentinels,
+    timeouts: Timeouts,
+    listened_before: &mut bool,
+) -> Failure {
+    let master = sentinels.master.as_bytes();
     let mut rbuf = ReadBuf::new();
+    let mut heard = Instant::now();
+    let mut pinged: Option<Instant> = None;
     loop {
         loop {
             let taken = rbuf.take_push(|pushed| match pushed {
@@ -271,11 +328,27 @@ fn listen(stream: &mut Stream, epoch: &Weak<AtomicU64>, master: &str) -> Failure
                     ..
                 }) => {
                     // "<name> <old ip> <old port> <new ip> <new port>"
-                    if text.split(|&b| b == b' ').next() == Some(master.as_bytes()) {
+                    let words: Vec<&[u8]> = text.split(|&b| b == b' ').collect();
+                    if let [name, _, _, ip, port] = words[..]
+                        && name == master
+                    {
                         log::info!(
-                            "redlease: sentinel reports a new master for {master}: {}",
+                            "redlease: sentinel reports a new master for {}: {}",
+                            sentinels.master,
                             String::from_utf8_lossy(text)
                         );
+                        let port = std::str::from_utf8(port).ok().and_then(|p| p.parse().ok());
+                        *sentinels.announced.lock() =
+                            port.map(|port| (String::from_utf8_lossy(ip).into_owned(), port));
+                        bump(epoch);
+                    }
+                    None
+                }
+                Pushed::Push(Push {
+                    kind: b"subscribe", ..
+                }) => {
+                    if std::mem::replace(listened_before, true) {
+                        *sentinels.announced.lock() = None;
                         bump(epoch);
                     }
                     None
@@ -296,10 +369,29 @@ fn listen(stream: &mut Stream, epoch: &Weak<AtomicU64>, master: &str) -> Failure
         };
         match stream.read(spare) {
             Ok(0) => return Failure::Closed,
-            Ok(n) => rbuf.filled(n),
+            Ok(n) => {
+                rbuf.filled(n);
+                heard = Instant::now();
+                pinged = None;
+            }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
                 if epoch.strong_count() == 0 {
                     return Failure::Closed;
+                }
+                match pinged {
+                    Some(at) if at.elapsed() > timeouts.io + WATCH_TICK => {
+                        return Failure::Timeout;
+                    }
+                    Some(_) => {}
+                    None if heard.elapsed() >= PING_AFTER => {
+                        let mut ping = BytesMut::with_capacity(16);
+                        resp::encode(&mut ping, &[b"PING"]);
+                        if let Err(e) = stream.write_all(&ping) {
+                            return e.into();
+                        }
+                        pinged = Some(Instant::now());
+                    }
+                    None => {}
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}

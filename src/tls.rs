@@ -239,9 +239,22 @@ impl Write for TlsStream {
         Ok(buf.len())
     }
 
+    /// Encrypts and sends `buf` in pieces as rustls takes them (it buffers
+    /// at most 64 KiB before it must be flushed).
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        self.conn.writer().write_all(buf)?;
-        self.flush_tls()
+        let mut rest = buf;
+        while !rest.is_empty() {
+            let taken = self.conn.writer().write(rest)?;
+            self.flush_tls()?;
+            if taken == 0 && self.conn.wants_write() {
+                return Err(io::Error::new(
+                    io::ErrorKind::WriteZero,
+                    "tls session takes no more data",
+                ));
+            }
+            rest = &rest[taken..];
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -299,18 +312,25 @@ impl Writer {
     }
 }
 
-/// A rustls error inside an I/O error, told as a [`Failure::Tls`]: a
-/// certificate refused either way, an alert from the server, a bad record.
+/// A rustls error inside an I/O error that is about certificates (ours or
+/// the server's), told as a [`Failure::Tls`]: a setting or a certificate
+/// must change. Other TLS trouble (a corrupt record, an alert mid-session)
+/// stays an I/O error, which may pass.
 pub(crate) fn failure_of(e: &io::Error) -> Option<Failure> {
+    use rustls::AlertDescription as Alert;
     let tls = e.get_ref()?.downcast_ref::<rustls::Error>()?;
     let hint = match tls {
-        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+        rustls::Error::AlertReceived(Alert::CertificateRequired) => {
             " (the server wants a client certificate: see tls_client_cert)"
         }
         rustls::Error::AlertReceived(
-            rustls::AlertDescription::UnknownCA
-            | rustls::AlertDescription::BadCertificate
-            | rustls::AlertDescription::CertificateExpired,
+            Alert::UnknownCA
+            | Alert::BadCertificate
+            | Alert::CertificateExpired
+            | Alert::CertificateRevoked
+            | Alert::CertificateUnknown
+            | Alert::UnsupportedCertificate
+            | Alert::AccessDenied,
         ) => " (the server refused our client certificate)",
         rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
             " (not signed by a CA we trust: see tls_ca_file)"
@@ -319,7 +339,11 @@ pub(crate) fn failure_of(e: &io::Error) -> Option<Failure> {
             rustls::CertificateError::NotValidForName
             | rustls::CertificateError::NotValidForNameContext { .. },
         ) => " (see tls_server_name)",
-        _ => "",
+        rustls::Error::InvalidCertificate(_)
+        | rustls::Error::NoCertificatesPresented
+        | rustls::Error::UnsupportedNameType
+        | rustls::Error::AlertReceived(Alert::HandshakeFailure | Alert::ProtocolVersion) => "",
+        _ => return None,
     };
     Some(Failure::Tls(format!("{tls}{hint}").into()))
 }

@@ -54,7 +54,7 @@ impl Stream {
     ) -> Result<Stream, Failure> {
         match &endpoint.addr {
             Addr::Unix(path) => {
-                let stream = UnixStream::connect(path)?;
+                let stream = connect_unix(path, connect_timeout)?;
                 stream.set_read_timeout(Some(io_timeout))?;
                 stream.set_write_timeout(Some(io_timeout))?;
                 Ok(Stream::Unix(stream))
@@ -193,6 +193,33 @@ impl Writer {
             Writer::Tls(s) => s.shutdown(),
         };
     }
+}
+
+/// Connects to a unix socket within `timeout`. A unix connect does not
+/// wait for the server: it succeeds at once, or fails, or (the server's
+/// listen backlog full: a stalled server) would block, which std's connect
+/// does without end; here it is tried again until the timeout.
+fn connect_unix(path: &std::path::Path, timeout: Duration) -> Result<UnixStream, Failure> {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    let addr = SockAddr::unix(path)?;
+    socket.set_nonblocking(true)?;
+    let deadline = crate::time::deadline_in(timeout);
+    loop {
+        match socket.connect(&addr) {
+            Ok(()) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(Failure::Timeout);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    socket.set_nonblocking(false)?;
+    Ok(socket.into())
 }
 
 /// TCP to `host:port`, then TLS over it when `tls` is given.

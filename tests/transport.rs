@@ -120,6 +120,49 @@ fn a_missing_unix_socket_is_an_io_error_naming_it() {
     assert!(err.is_retryable(), "the server may come: {err:?}");
 }
 
+/// A server that accepts nothing (its listen backlog full): the connect
+/// fails within the connect timeout, it does not hang.
+#[test]
+fn a_unix_socket_that_never_accepts_times_out() {
+    use socket2::{Domain, SockAddr, Socket, Type};
+    let dir = std::env::temp_dir().join(format!("redlease-backlog-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("full.sock");
+    let _ = std::fs::remove_file(&path);
+    let listener = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+    listener.bind(&SockAddr::unix(&path).unwrap()).unwrap();
+    listener.listen(0).unwrap();
+    // Fill the backlog with connects nobody accepts.
+    let mut fillers = Vec::new();
+    for _ in 0..64 {
+        let s = Socket::new(Domain::UNIX, Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let full = s.connect(&SockAddr::unix(&path).unwrap()).is_err();
+        fillers.push(s);
+        if full {
+            break;
+        }
+    }
+    let url = format!("redis+unix://{}", path.display());
+    let started = Instant::now();
+    let result = support::within(Duration::from_secs(10), move || {
+        support::builder()
+            .node(url)
+            .connect_timeout(Duration::from_millis(300))
+            .build()
+            .map(drop)
+    });
+    let err = result.expect_err("nothing accepts");
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    drop((listener, fillers));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn tls_builder(certs: &Certs) -> LockManagerBuilder {
     support::builder().tls_ca_file(certs.ca())
 }
@@ -142,6 +185,18 @@ fn locks_over_tls() {
         .expect("db 2");
     lock_cycle(&locks, &tls.server, "tls-db-key", 2);
     waiter_is_woken(&locks, "tls-wait");
+    // A key far larger than rustls's 64 KiB send buffer.
+    let big = tls_builder(&certs)
+        .node(tls.url("localhost"))
+        .max_key_len(1 << 20)
+        .build()
+        .expect("build");
+    let key = "k".repeat(200_000);
+    let lock = big
+        .try_lock(&key, TTL)
+        .expect("a 200 KB key over tls")
+        .expect("free");
+    assert!(lock.release().expect("release"));
     // Extend and fencing go through the same stream.
     let fenced = tls_builder(&certs)
         .node(tls.url("localhost"))
