@@ -46,6 +46,7 @@ use smallvec::SmallVec;
 
 use crate::error::Error;
 use crate::lock::INLINE_KEY;
+use crate::observe::Observe;
 use crate::quorum::{Quorum, Renewal};
 use crate::script::{RENEW_BATCH, RenewArgs};
 use crate::time;
@@ -118,6 +119,8 @@ pub(crate) struct Keeper {
 
 struct Core {
     quorum: Arc<Quorum>,
+    /// Counts leases found lost (feature `metrics`).
+    observe: Arc<Observe>,
     epoch: Instant,
     table: Mutex<Table>,
     /// Signalled when the heap's first entry moves earlier, or on stop.
@@ -336,11 +339,12 @@ fn run_on_lost(f: OnLost) {
 }
 
 impl Keeper {
-    pub(crate) fn new(quorum: Arc<Quorum>) -> Keeper {
+    pub(crate) fn new(quorum: Arc<Quorum>, observe: Arc<Observe>) -> Keeper {
         let epoch = Instant::now();
         Keeper {
             core: Arc::new(Core {
                 quorum,
+                observe,
                 epoch,
                 table: Mutex::new(Table {
                     slots: Vec::new(),
@@ -745,6 +749,7 @@ impl Core {
         if !lease.mark_lost(generation) {
             return None;
         }
+        self.observe.lost();
         let on_lost = data.on_lost.take();
         if let (Some(leftovers), Some(token)) = (leftovers, data.token) {
             leftovers.push((data.key.clone(), token));

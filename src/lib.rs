@@ -67,6 +67,7 @@ mod keeper;
 mod lock;
 mod manager;
 mod node;
+mod observe;
 mod probe;
 mod quorum;
 mod resp;

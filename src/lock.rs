@@ -42,6 +42,9 @@ pub struct Lock {
     /// Set once the lock is known not to be ours any more, or was released:
     /// `Drop` then has nothing to do.
     done: bool,
+    /// When it was granted: for the hold-time metric.
+    #[cfg(feature = "metrics")]
+    granted_at: Instant,
 }
 
 impl Lock {
@@ -65,6 +68,8 @@ impl Lock {
             fence: fence.map(|f| (f, one_node)),
             attempts,
             done: false,
+            #[cfg(feature = "metrics")]
+            granted_at: Instant::now(),
         }
     }
 
@@ -283,6 +288,12 @@ impl Lock {
     ///   shorter `ttl` shortens it, a longer one leaves it as it was.
     ///   Retrying while `remaining()` is above zero is reasonable.
     pub fn extend(&mut self, ttl: Duration) -> Result<()> {
+        let result = self.extend_inner(ttl);
+        self.manager.observe().extended(result.as_ref().map(|_| ()));
+        result
+    }
+
+    fn extend_inner(&mut self, ttl: Duration) -> Result<()> {
         let ttl = self.manager.check_ttl(ttl)?;
         if self.done || self.remaining().is_zero() {
             self.give_up();
@@ -370,6 +381,8 @@ impl Lock {
             return None;
         }
         self.done = true;
+        #[cfg(feature = "metrics")]
+        self.manager.observe().held(self.granted_at.elapsed());
         let Some(lease) = self.lease.take() else {
             return Some(self.manager.release(&self.key, &self.token));
         };

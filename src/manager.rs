@@ -8,6 +8,7 @@ use crate::builder::LockManagerBuilder;
 use crate::error::{Error, Result};
 use crate::keeper::{Keeper, LeaseRef};
 use crate::lock::Lock;
+use crate::observe::{Observe, Outcome};
 use crate::probe;
 use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum};
 use crate::retry::RetryPolicy;
@@ -60,6 +61,8 @@ struct Shared {
     /// Every lock gets a fencing token.
     fencing: bool,
     io_timeout: Duration,
+    /// Metrics handles (feature `metrics`; empty without).
+    observe: Arc<Observe>,
 }
 
 /// What keys and TTLs the manager accepts.
@@ -67,6 +70,12 @@ struct Shared {
 pub(crate) struct Limits {
     pub(crate) max_ttl: Duration,
     pub(crate) max_key_len: usize,
+}
+
+/// The start of a call, when metrics are on; no clock read otherwise.
+#[inline]
+fn observing() -> Option<Instant> {
+    cfg!(feature = "metrics").then(Instant::now)
 }
 
 /// Why waiting for a lock stopped.
@@ -101,9 +110,11 @@ impl LockManager {
     ) -> LockManager {
         let wakeups = Wakeups::new(quorum.nodes(), fair);
         let quorum = Arc::new(quorum);
+        let observe = Arc::new(Observe::default());
         LockManager {
             shared: Arc::new(Shared {
-                keeper: Keeper::new(Arc::clone(&quorum)),
+                keeper: Keeper::new(Arc::clone(&quorum), Arc::clone(&observe)),
+                observe,
                 max_hold,
                 fencing,
                 quorum,
@@ -174,9 +185,12 @@ impl LockManager {
     pub fn try_lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Option<Lock>> {
         let key = key.as_ref();
         let ttl = self.check(key, ttl)?;
+        let started = observing();
         // Fair: only when no one is queued.
         let how = self.how(false, false);
-        Ok(self.attempt(key, ttl, 1, how, None)?.ok())
+        let result = self.attempt(key, ttl, 1, how, None).map(Result::ok);
+        self.observe_call(started, &result);
+        result
     }
 
     /// Takes the lock, waiting by the manager's retry policy while another
@@ -202,7 +216,7 @@ impl LockManager {
         let deadline = policy
             .wait_bound()
             .map(|wait| time::deadline(started, wait));
-        match self.wait(key, ttl, policy, deadline) {
+        let result = match self.wait(key, ttl, policy, deadline) {
             Waited::Got(lock) => Ok(lock),
             Waited::Held { attempts } => Err(Error::Held {
                 attempts,
@@ -213,7 +227,13 @@ impl LockManager {
                 waited: started.elapsed(),
             }),
             Waited::Failed(e) => Err(e),
-        }
+        };
+        let outcome = match &result {
+            Ok(_) => Outcome::Granted,
+            Err(e) => Outcome::of(e),
+        };
+        self.shared.observe.acquire(outcome, started.elapsed());
+        result
     }
 
     /// Tries to take the lock until `wait` has passed, retrying on the
@@ -230,11 +250,32 @@ impl LockManager {
         let key = key.as_ref();
         let ttl = self.check(key, ttl)?;
         let policy = self.shared.retry.clone().max_attempts(u32::MAX);
-        match self.wait(key, ttl, &policy, Some(time::deadline_in(wait))) {
+        let started = observing();
+        let result = match self.wait(key, ttl, &policy, Some(time::deadline_in(wait))) {
             Waited::Got(lock) => Ok(Some(lock)),
             Waited::Held { .. } | Waited::TimedOut { .. } => Ok(None),
             Waited::Failed(e) => Err(e),
+        };
+        self.observe_call(started, &result);
+        result
+    }
+
+    /// Counts a `try_lock`-like call's outcome (feature `metrics`).
+    #[inline]
+    fn observe_call(&self, started: Option<Instant>, result: &Result<Option<Lock>>) {
+        if let Some(started) = started {
+            let outcome = match result {
+                Ok(Some(_)) => Outcome::Granted,
+                Ok(None) => Outcome::Held,
+                Err(e) => Outcome::of(e),
+            };
+            self.shared.observe.acquire(outcome, started.elapsed());
         }
+    }
+
+    /// The manager's metrics handles, for its locks.
+    pub(crate) fn observe(&self) -> &Observe {
+        &self.shared.observe
     }
 
     /// Attempts until one succeeds, an error is final, or the policy's
@@ -458,8 +499,10 @@ impl LockManager {
             // No fresh token, no handoff: `handoff` delivers nothing when
             // dropped, and the waiter tries by itself.
             if let Ok(theirs) = Token::random() {
+                let started = Instant::now();
                 match shared.quorum.handoff(key, token, &theirs, handoff.ttl()) {
                     HandedOff::Granted { valid_until } => {
+                        shared.observe.handed_off(started.elapsed());
                         if !handoff.deliver(Some((theirs, valid_until))) {
                             // The waiter is gone: let its lock go.
                             let _ = shared.quorum.release(key, &theirs);

@@ -35,6 +35,7 @@ use parking_lot::{Condvar, Mutex};
 use crate::conn::{Conn, Timeouts, Uptime};
 use crate::endpoint::{Addr, Endpoint};
 use crate::error::Failure;
+use crate::observe::NodeObserve;
 use crate::resp::Reply;
 use crate::sentinel::Watch;
 use crate::status::NodeStatus;
@@ -91,6 +92,8 @@ pub(crate) struct Node {
     /// most once a second, so that a failing node does not allocate on
     /// every operation.
     last_error: Mutex<Option<(Instant, String)>>,
+    /// Its failures and health as metrics (feature `metrics`).
+    observe: NodeObserve,
 }
 
 struct State {
@@ -135,7 +138,9 @@ impl Node {
             Addr::Sentinel { sentinels, .. } => Some(Watch::start(Arc::clone(sentinels), timeouts)),
             _ => None,
         };
+        let observe = NodeObserve::new(&endpoint.name());
         Node {
+            observe,
             name: Arc::from(endpoint.name()),
             endpoint,
             timeouts,
@@ -350,6 +355,7 @@ impl Node {
         let backoff = (BACKOFF_MIN * (1 << state.failures.min(5))).min(BACKOFF_MAX);
         if state.failures == 0 {
             state.changed_at = now;
+            self.observe.up(false);
         }
         state.failures = state.failures.saturating_add(1);
         state.down_until = Some(now + backoff);
@@ -381,6 +387,7 @@ impl Node {
         let was_down = state.failures > 0;
         if was_down {
             state.changed_at = Instant::now();
+            self.observe.up(true);
         }
         state.failures = 0;
         state.down_until = None;
@@ -395,6 +402,7 @@ impl Node {
     /// a second ago (or another thread is keeping one now).
     #[cold]
     fn note(&self, failure: &Failure) {
+        self.observe.failed();
         let Some(mut last) = self.last_error.try_lock() else {
             return;
         };

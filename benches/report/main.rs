@@ -17,6 +17,8 @@
 mod common;
 mod contended;
 mod keepalive;
+#[cfg(feature = "metrics")]
+mod recorder;
 #[path = "../../tests/support/mod.rs"]
 mod support;
 mod transports;
@@ -327,6 +329,8 @@ fn report(s: &Settings) {
     transports::report(s);
     contended::report(&urls, s.throughput_time);
     keepalive::report(&urls, &pids, s.quick);
+    #[cfg(feature = "metrics")]
+    recorder::report(s, &servers[0]);
 }
 
 /// Cycles per second with 8 threads on distinct keys, against the cycle rate
