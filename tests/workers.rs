@@ -73,15 +73,8 @@ fn check_clean(s: &Value, nodes: u64) {
 /// One embedded node, contended keys, a couple of seconds.
 #[test]
 fn one_node_end_to_end() {
-    let s = summary(&[
-        "--duration",
-        "2s",
-        "--threads",
-        "4",
-        "--keys",
-        "2",
-        "--json",
-    ]);
+    // A bare number of seconds, as load generators take it.
+    let s = summary(&["--duration", "2", "--threads", "4", "--keys", "2", "--json"]);
     check_clean(&s, 1);
     assert!(
         s["contended_attempts"].as_u64().expect("count") > 0,
@@ -150,8 +143,11 @@ fn no_retry_counts_gave_ups() {
 /// Bad options: one line on stderr, exit status 2, no panic.
 #[test]
 fn bad_options_fail_cleanly() {
-    let cases: [&[&str]; 6] = [
+    let cases: [&[&str]; 9] = [
         &["--threads", "0"],
+        &["--duration", "-1"],
+        &["--duration", "soon"],
+        &["--ttl", "1e400"],
         &["--ttl", "0s"],
         &["--ttl", "1s", "--hold", "1s"],
         &["--url", "redis://127.0.0.1:1"],

@@ -53,15 +53,16 @@ struct Options {
     /// Distinct resources (lock keys) the workers compete for.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     keys: u32,
-    /// Lock TTL (e.g. 2s, 500ms).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    /// Lock TTL (e.g. 2s, 500ms; a bare number is seconds).
+    #[arg(long, default_value = "2s", value_parser = duration)]
     ttl: Duration,
     /// Time spent inside the critical section, besides the counter's
     /// read and write.
-    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = duration)]
     hold: Duration,
-    /// How long to run.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    /// How long to run (e.g. 10s, 1m; a bare number is seconds, as in
+    /// `--duration 10`).
+    #[arg(long, default_value = "5s", value_parser = duration)]
     duration: Duration,
     /// Stop after this many acquisitions in total (the duration still
     /// bounds the run).
@@ -71,10 +72,10 @@ struct Options {
     #[arg(long, value_enum, default_value_t = Retry::Wake)]
     retry: Retry,
     /// First (or only) delay between attempts, for --retry fixed/exponential.
-    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1ms", value_parser = duration)]
     retry_delay: Duration,
     /// Longest wait for one lock before giving up.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = duration)]
     max_wait: Duration,
     /// Embedded redis-server instances to start: 1, or 3/5 for Redlock.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=9))]
@@ -112,6 +113,17 @@ struct Options {
     /// Print the summary as JSON on stdout.
     #[arg(long)]
     json: bool,
+}
+
+/// A duration as humantime writes it (`1ms`, `2s`, `1m 30s`), or a bare
+/// number of seconds (`10`, `0.5`), as load generators take it.
+fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(secs) = text.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs)
+            .map_err(|_| format!("{text} is not a number of seconds we can wait"));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("{e} (or give a number of seconds)"))
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
