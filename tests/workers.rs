@@ -121,6 +121,68 @@ fn transports_and_sentinel_end_to_end() {
     }
 }
 
+/// `--compare` runs each waiting strategy on the same servers and prints
+/// one summary each; `--plot` draws them; `--rate` runs open loop and
+/// counts latency from each cycle's intended start too.
+#[test]
+fn compare_plot_and_open_loop() {
+    let svg = std::env::temp_dir().join(format!("redlease-workers-{}.svg", std::process::id()));
+    let svg_arg = svg.display().to_string();
+    let s = summary(&[
+        "--compare",
+        "--duration",
+        "1",
+        "--threads",
+        "4",
+        "--keys",
+        "2",
+        "--plot",
+        &svg_arg,
+        "--json",
+    ]);
+    let runs = s.as_array().expect("one summary per strategy");
+    let strategies: Vec<(&str, bool)> = runs
+        .iter()
+        .map(|r| {
+            check_clean(r, 1);
+            (
+                r["setup"]["retry"].as_str().expect("retry"),
+                r["setup"]["fair"].as_bool().expect("fair"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        strategies,
+        [("poll", false), ("wake", false), ("wake", true)]
+    );
+    let drawn = std::fs::read_to_string(&svg).expect("the plot");
+    assert!(
+        drawn.starts_with("<svg") && drawn.contains("polyline"),
+        "{}",
+        &drawn[..200.min(drawn.len())]
+    );
+    let _ = std::fs::remove_file(&svg);
+
+    let s = summary(&[
+        "--rate",
+        "400",
+        "--hold-dist",
+        "exp",
+        "--duration",
+        "1",
+        "--threads",
+        "4",
+        "--json",
+    ]);
+    check_clean(&s, 1);
+    assert_eq!(s["setup"]["rate_per_s"], 400.0);
+    assert_eq!(s["setup"]["hold_distribution"], "exponential");
+    let n = s["acquisitions"].as_u64().expect("count");
+    // 400/s for a second, give or take the start.
+    assert!((300..=401).contains(&n), "open loop ran {n} cycles");
+    assert_eq!(s["response_latency_us"]["count"], n, "{s}");
+}
+
 /// Without retries a held lock is a gave-up, not an error.
 #[test]
 fn no_retry_counts_gave_ups() {
@@ -143,8 +205,10 @@ fn no_retry_counts_gave_ups() {
 /// Bad options: one line on stderr, exit status 2, no panic.
 #[test]
 fn bad_options_fail_cleanly() {
-    let cases: [&[&str]; 9] = [
+    let cases: [&[&str]; 11] = [
         &["--threads", "0"],
+        &["--rate", "0"],
+        &["--compare", "--fair"],
         &["--duration", "-1"],
         &["--duration", "soon"],
         &["--ttl", "1e400"],

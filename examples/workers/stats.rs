@@ -23,6 +23,9 @@ pub struct Stats {
     pub errors: BTreeMap<&'static str, u64>,
     /// Acquire latency, µs, from the call to the lock in hand.
     pub latency: Histogram<u64>,
+    /// Open loop: from when the cycle should have started to the lock in
+    /// hand, µs (coordinated omission corrected).
+    pub response: Histogram<u64>,
     /// From the previous holder letting go to the next holder having it, µs.
     pub handoff: Histogram<u64>,
     /// Heap allocations inside lock/release calls, after warm-up.
@@ -47,6 +50,7 @@ impl Stats {
             outlived_lock: 0,
             errors: BTreeMap::new(),
             latency: histogram(),
+            response: histogram(),
             handoff: histogram(),
             allocations: 0,
             measured_cycles: 0,
@@ -72,6 +76,7 @@ impl Stats {
         }
         // Same bounds on both sides: adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        let _ = self.response.add(&other.response);
         let _ = self.handoff.add(&other.handoff);
         self.allocations += other.allocations;
         self.measured_cycles += other.measured_cycles;
@@ -127,6 +132,10 @@ pub struct Setup {
     pub redis_version: String,
     pub ttl: Duration,
     pub hold: Duration,
+    /// `fixed` or `exponential` (mean `hold`).
+    pub hold_dist: &'static str,
+    /// Open loop: cycles started per second.
+    pub rate: Option<f64>,
     pub retry: &'static str,
     pub fair: bool,
     /// Median `PING` round trip to the first node.
@@ -140,9 +149,20 @@ pub struct Summary {
     pub stats: Stats,
     pub overlaps: u64,
     pub lost_updates: u64,
+    /// (seconds since the start, acquisitions/s), every quarter second.
+    pub timeline: Vec<(f64, f64)>,
 }
 
 impl Summary {
+    /// The waiting strategy, as the comparison names it.
+    pub fn strategy(&self) -> &'static str {
+        if self.setup.fair {
+            "fair"
+        } else {
+            self.setup.retry
+        }
+    }
+
     pub fn exclusion_ok(&self) -> bool {
         self.overlaps == 0 && self.lost_updates == 0
     }
@@ -188,6 +208,8 @@ impl Summary {
                 "redis_version": self.setup.redis_version,
                 "ttl_ms": self.setup.ttl.as_millis() as u64,
                 "hold_us": self.setup.hold.as_micros() as u64,
+                "hold_distribution": self.setup.hold_dist,
+                "rate_per_s": self.setup.rate,
                 "retry": self.setup.retry,
                 "fair": self.setup.fair,
             },
@@ -208,6 +230,7 @@ impl Summary {
             "sections_outliving_lock": s.outlived_lock,
             "errors": s.errors,
             "acquire_latency_us": percentiles(&s.latency),
+            "response_latency_us": percentiles(&s.response),
             "handoff_us": percentiles(&s.handoff),
             "allocations_per_cycle": self.allocations_per_cycle(),
             "mutual_exclusion": {
@@ -234,14 +257,20 @@ impl Summary {
         };
         let plural =
             |n: u32, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+        let hold = match setup.hold_dist {
+            "fixed" => format!("{:?}", setup.hold),
+            dist => format!("{dist} mean {:?}", setup.hold),
+        };
+        let open_loop = setup
+            .rate
+            .map_or(String::new(), |r| format!(", open loop {r}/s"));
         let mut out = format!(
             "redlease workers: {} on {}, {nodes}, {origin} redis {}\n\
-             ttl {:?}, hold {:?}, retry {}{}, ran {:.2?}, round trip {}\n\n",
+             ttl {:?}, hold {hold}, retry {}{}{open_loop}, ran {:.2?}, round trip {}\n\n",
             plural(setup.threads, "thread", "threads"),
             plural(setup.keys, "key", "keys"),
             setup.redis_version,
             setup.ttl,
-            setup.hold,
             setup.retry,
             if setup.fair { " (fair)" } else { "" },
             self.elapsed,
@@ -288,6 +317,13 @@ impl Summary {
             s.released_after_expiry.to_string(),
         );
         row(&mut out, "acquire latency", latency_line(&s.latency));
+        if setup.rate.is_some() {
+            row(
+                &mut out,
+                "from intended start",
+                format!("{} (open loop, corrected)", latency_line(&s.response)),
+            );
+        }
         row(&mut out, "handoff to next holder", latency_line(&s.handoff));
         if !s.handoff.is_empty() {
             row(
@@ -334,6 +370,53 @@ impl Summary {
         }
         out
     }
+}
+
+/// Several runs of one workload side by side (`--compare`).
+pub fn compare_table(runs: &[Summary]) -> String {
+    let Some(first) = runs.first() else {
+        return String::new();
+    };
+    let setup = &first.setup;
+    let mut out = format!(
+        "redlease workers --compare: {} threads on {} keys, {} node(s), hold {:?} {}, ttl {:?}, {:.1?} each\n\n",
+        setup.threads,
+        setup.keys,
+        setup.nodes,
+        setup.hold,
+        setup.hold_dist,
+        setup.ttl,
+        first.elapsed
+    );
+    out.push_str(
+        "| waiting | acq/s | key utilisation | acquire p50 | acquire p99 | handoff p50 | handoff p99 | share max/min | errors | exclusion |\n",
+    );
+    out.push_str("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |\n");
+    for run in runs {
+        let s = &run.stats;
+        let q = |h: &Histogram<u64>, q: f64| {
+            if h.is_empty() {
+                "-".to_owned()
+            } else {
+                format_us(h.value_at_quantile(q))
+            }
+        };
+        let (fewest, most) = run.shares();
+        out.push_str(&format!(
+            "| {} | {:.0} | {:.2} | {} | {} | {} | {} | {:.2} | {} | {} |\n",
+            run.strategy(),
+            run.throughput(),
+            run.key_utilisation(),
+            q(&s.latency, 0.5),
+            q(&s.latency, 0.99),
+            q(&s.handoff, 0.5),
+            q(&s.handoff, 0.99),
+            most as f64 / fewest.max(1) as f64,
+            s.error_count(),
+            if run.exclusion_ok() { "ok" } else { "VIOLATED" },
+        ));
+    }
+    out
 }
 
 fn percentiles(h: &Histogram<u64>) -> Value {
