@@ -5,6 +5,7 @@
 //! cargo bench --bench report                      # about two minutes
 //! cargo bench --bench report -- --quick           # a few seconds (CI)
 //! cargo bench --bench report -- --callgrind       # + instructions per cycle under valgrind
+//! cargo bench --bench report --features metrics -- --metrics-only   # a recorder's cost
 //! ```
 //!
 //! Wall time is per cycle (median and p99 over all cycles of all rounds);
@@ -171,6 +172,13 @@ fn main() {
         callgrind: args.iter().any(|a| a == "--callgrind"),
         quick,
     };
+    // With the metrics feature, `--metrics-only` runs just that section.
+    #[cfg(feature = "metrics")]
+    if args.iter().any(|a| a == "--metrics-only") {
+        let server = RedisServer::start();
+        recorder::report(&settings, &server);
+        return;
+    }
     report(&settings);
 }
 
