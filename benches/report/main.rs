@@ -5,7 +5,7 @@
 //! cargo bench --bench report                      # about two minutes
 //! cargo bench --bench report -- --quick           # a few seconds (CI)
 //! cargo bench --bench report -- --callgrind       # + instructions per cycle under valgrind
-//! cargo bench --bench report --features metrics -- --metrics-only   # a recorder's cost
+//! cargo bench -p redlease --bench report --features metrics -- --metrics-only   # a recorder's cost
 //! ```
 //!
 //! Wall time is per cycle (median and p99 over all cycles of all rounds);

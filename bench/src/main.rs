@@ -1,15 +1,17 @@
-//! Workers competing for shared resources: the seed's demo grown into a
-//! load generator for locks ("redis-benchmark, but for locks").
+//! `redlease-bench`: workers competing for shared resources, the seed's
+//! demo grown into a load generator for locks ("redis-benchmark, but for
+//! locks"). Install it with `cargo install --path bench`.
 //!
 //! ```text
-//! cargo run --release --example workers                      # 1 embedded redis-server
-//! cargo run --release --example workers -- --nodes 3         # Redlock over 3 embedded servers
-//! cargo run --release --example workers -- --transport unix      # the same over a unix socket
-//! cargo run --release --example workers -- --transport tls       # ... over TLS (certificates made on the spot)
-//! cargo run --release --example workers -- --sentinel            # a master, a replica and 3 sentinels
-//! cargo run --release --example workers -- --compare --plot workers.svg   # wake vs poll vs fair
-//! cargo run --release --example workers -- --rate 2000 --hold-dist exp    # open loop, latency at a load
-//! cargo run --release --example workers -- --url redis://10.0.0.5:6379 --threads 32 --json
+//! redlease-bench                                  # 1 embedded redis-server
+//! redlease-bench --nodes 3                        # Redlock over 3 embedded servers
+//! redlease-bench --transport unix                 # the same over a unix socket
+//! redlease-bench --transport tls                  # ... over TLS (certificates made on the spot)
+//! redlease-bench --sentinel                       # a master, a replica and 3 sentinels
+//! redlease-bench --compare --plot workers.svg     # wake vs poll vs fair
+//! redlease-bench --rate 2000 --hold-dist exp      # open loop, latency at a load
+//! redlease-bench --uncontended                    # each thread its own key: the lock's own cost
+//! redlease-bench --url redis://10.0.0.5:6379 --threads 32 --json
 //! ```
 //!
 //! Each worker takes a random resource's lock, and while holding it does a
@@ -46,14 +48,14 @@ pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 /// With no --url (and no REDIS_URL), starts its own throwaway redis-server
 /// instance(s) on free loopback ports and stops them at the end.
 #[derive(Parser, Debug, Clone)]
-#[command(version)]
+#[command(name = "redlease-bench", version)]
 pub struct Options {
     /// Worker threads.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=4096))]
     threads: u32,
     /// Distinct resources (lock keys) the workers compete for.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    keys: u32,
+    pub keys: u32,
     /// Lock TTL (e.g. 2s, 500ms; a bare number is seconds).
     #[arg(long, default_value = "2s", value_parser = duration)]
     ttl: Duration,
@@ -61,6 +63,10 @@ pub struct Options {
     /// read and write.
     #[arg(long, default_value = "1ms", value_parser = duration)]
     hold: Duration,
+    /// Each thread locks a key of its own (as many keys as threads): the
+    /// lock's own cost, with no one to wait for. Overrides --keys.
+    #[arg(long, conflicts_with = "compare")]
+    uncontended: bool,
     /// How the time inside the critical section is drawn: fixed at --hold,
     /// or exponential with mean --hold (capped at 10× the mean and half the
     /// TTL).
@@ -252,6 +258,11 @@ fn main() -> ExitCode {
 /// The run, or with --compare one run per waiting strategy, on the same
 /// nodes.
 fn run_all(o: &Options) -> Result<Vec<Summary>, String> {
+    let mut o = o.clone();
+    if o.uncontended {
+        o.keys = o.threads;
+    }
+    let o = &o;
     let env = Env::start(o)?;
     let pids = env.pids();
     // A first Ctrl-C ends the run early: the summary still prints and the

@@ -1,42 +1,14 @@
-//! The workers load generator end to end: its embedded servers, its JSON
-//! summary, its mutual-exclusion check, and its errors for bad options.
-//!
-//! `cargo test` builds the examples before running tests; this finds the
-//! `workers` binary next to the test binary (and builds it when only this
-//! test was asked for).
+//! The load generator end to end: its embedded servers, its JSON summary,
+//! its mutual-exclusion check, and its errors for bad options.
 
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use serde_json::Value;
 
+/// The binary cargo built for this test.
 fn workers_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            // target/<profile>/deps/workers-<hash> -> target/<profile>/examples/workers
-            let exe = std::env::current_exe().expect("test binary path");
-            let profile_dir = exe
-                .parent()
-                .and_then(|deps| deps.parent())
-                .expect("target dir");
-            let binary = profile_dir.join("examples").join("workers");
-            if !binary.exists() {
-                // `cargo test` builds the examples first; `cargo test --test
-                // workers` does not, so build it the same way here.
-                let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-                let mut build = Command::new(cargo);
-                build.args(["build", "--example", "workers"]);
-                if profile_dir.ends_with("release") {
-                    build.arg("--release");
-                }
-                let status = build.status().expect("run cargo build");
-                assert!(status.success(), "cargo build --example workers failed");
-            }
-            binary
-        })
-        .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_redlease-bench"))
 }
 
 fn run(args: &[&str]) -> Output {
@@ -44,7 +16,7 @@ fn run(args: &[&str]) -> Output {
         .args(args)
         .env_remove("REDIS_URL")
         .output()
-        .expect("run the workers example")
+        .expect("run redlease-bench")
 }
 
 fn summary(args: &[&str]) -> Value {
@@ -181,6 +153,22 @@ fn compare_plot_and_open_loop() {
     // 400/s for a second, give or take the start.
     assert!((300..=401).contains(&n), "open loop ran {n} cycles");
     assert_eq!(s["response_latency_us"]["count"], n, "{s}");
+}
+
+/// `--uncontended`: a key per thread, so no attempt ever finds one held.
+#[test]
+fn uncontended_never_waits() {
+    let s = summary(&[
+        "--uncontended",
+        "--threads",
+        "4",
+        "--duration",
+        "1",
+        "--json",
+    ]);
+    check_clean(&s, 1);
+    assert_eq!(s["setup"]["keys"], 4);
+    assert_eq!(s["contended_attempts"], 0, "{s}");
 }
 
 /// Without retries a held lock is a gave-up, not an error.

@@ -166,7 +166,12 @@ fn work(
                 Some(at)
             }
         };
-        let k = rng.usize(..shared.keys.len());
+        let k = if o.uncontended {
+            // Its own key: `seed` is the worker's index.
+            seed as usize % shared.keys.len()
+        } else {
+            rng.usize(..shared.keys.len())
+        };
         let key = shared.keys[k].as_bytes();
         let measured = cycles >= WARM_UP_CYCLES;
         let asked = Instant::now();
