@@ -242,29 +242,18 @@ impl Conn {
     }
 
     /// Waits (until `deadline`) for the next reply and hands it to `read`.
+    #[inline]
     pub(crate) fn recv_next_with<T>(
         &mut self,
         deadline: Instant,
         mut read: impl FnMut(Reply<'_>) -> T,
     ) -> Result<T, Failure> {
-        loop {
-            match self.rbuf.take(&mut read) {
-                Ok(Some(out)) => {
-                    self.owed = self.owed.saturating_sub(1);
-                    return Ok(out);
-                }
-                Ok(None) => {
-                    if let Err(failure) = self.fill(deadline) {
-                        return Err(self.fail(failure));
-                    }
-                }
-                Err(e) => return Err(self.fail(e.into())),
-            }
-        }
+        self.recv_next_raw(deadline, |reply, _| read(reply))
     }
 
     /// Like [`recv_next_with`](Self::recv_next_with), also handing over
-    /// the reply's bytes (off the hot path: the handshake's `ROLE`).
+    /// the reply's bytes (for the handshake's `ROLE`).
+    #[inline]
     fn recv_next_raw<T>(
         &mut self,
         deadline: Instant,

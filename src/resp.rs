@@ -233,23 +233,18 @@ impl ReadBuf {
 
     /// Decodes one reply if a whole one is buffered, hands it to `read` and
     /// consumes it; `Ok(None)` when more bytes are needed.
+    #[inline]
     pub(crate) fn take<T>(
         &mut self,
         read: &mut impl FnMut(Reply<'_>) -> T,
     ) -> Result<Option<T>, ProtocolError> {
-        match parse(&self.buf[self.start..self.end])? {
-            Parse::Incomplete => Ok(None),
-            Parse::Complete(reply, used) => {
-                let out = read(reply);
-                self.consume(used);
-                Ok(Some(out))
-            }
-        }
+        self.take_raw(&mut |reply, _| read(reply))
     }
 
     /// Like [`take`](Self::take), also handing over the reply's bytes as
     /// they came (for the few replies whose array items matter: `ROLE`,
     /// `SENTINEL`; see [`items`]).
+    #[inline]
     pub(crate) fn take_raw<T>(
         &mut self,
         read: &mut impl FnMut(Reply<'_>, &[u8]) -> T,

@@ -152,6 +152,26 @@ fn measure(sample: &mut Sample, cycles: usize, servers: &[u32], mut cycle: impl 
     }
 }
 
+/// Our cycle on each manager (the samples' order), in rounds with a
+/// rotating order, against one server.
+fn interleave(
+    s: &Settings,
+    server: &RedisServer,
+    samples: &mut [Sample],
+    managers: &[LockManager],
+    key: &[u8],
+) {
+    let pids: Vec<u32> = server.pid().into_iter().collect();
+    for round in 0..s.rounds {
+        for k in 0..samples.len() {
+            let i = (k + round) % samples.len();
+            measure(&mut samples[i], s.cycles, &pids, || {
+                ours_cycle(&managers[i], key)
+            });
+        }
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--only") {

@@ -6,8 +6,7 @@
 use redlease::LockManager;
 
 use super::support::RedisServer;
-use super::{Sample, Settings, measure};
-use crate::common::ours_cycle;
+use super::{Sample, Settings};
 
 pub(crate) fn report(s: &Settings, server: &RedisServer) {
     let build = || {
@@ -32,15 +31,7 @@ pub(crate) fn report(s: &Settings, server: &RedisServer) {
         Sample::new("redlease, 1 node, metrics feature, no recorder"),
         Sample::new("redlease, 1 node, Prometheus recorder installed"),
     ];
-    let pids: Vec<u32> = server.pid().into_iter().collect();
-    for round in 0..s.rounds {
-        for k in 0..samples.len() {
-            let i = (k + round) % samples.len();
-            measure(&mut samples[i], s.cycles, &pids, || {
-                ours_cycle(&managers[i], b"metrics")
-            });
-        }
-    }
+    super::interleave(s, server, &mut samples, &managers, b"metrics");
     println!("\n#### Metrics: the cost of a recorder\n");
     println!(
         "{} rounds × {} cycles each, interleaved, one server; `metrics-exporter-prometheus` 0.17 (its histograms allocate a block of samples now and then)\n",

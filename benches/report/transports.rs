@@ -6,8 +6,7 @@ use redlease::LockManager;
 
 use super::support::RedisServer;
 use super::support::tls::{Certs, ServerCert};
-use super::{Sample, Settings, measure};
-use crate::common::ours_cycle;
+use super::{Sample, Settings};
 
 pub(crate) fn report(s: &Settings) {
     let certs = Certs::make();
@@ -46,15 +45,7 @@ pub(crate) fn report(s: &Settings) {
         Sample::new("redlease, unix socket"),
         Sample::new("redlease, TLS 1.3 over loopback"),
     ];
-    let pids: Vec<u32> = server.pid().into_iter().collect();
-    for round in 0..s.rounds {
-        for k in 0..samples.len() {
-            let i = (k + round) % samples.len();
-            measure(&mut samples[i], s.cycles, &pids, || {
-                ours_cycle(&managers[i], b"transport")
-            });
-        }
-    }
+    super::interleave(s, &server, &mut samples, &managers, b"transport");
     let instructions: Vec<Option<f64>> = if s.callgrind {
         urls.iter()
             .map(|url| {

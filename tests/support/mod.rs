@@ -46,6 +46,18 @@ pub struct RedisServer {
 
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
+/// A new directory of this process's own under the system's temporary
+/// one: `redlease-<what>-<pid>-<n>`.
+pub fn temp_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "redlease-{what}-{}-{}",
+        std::process::id(),
+        NEXT_DIR.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+    dir
+}
+
 impl RedisServer {
     /// Starts a server with the default settings.
     pub fn start() -> RedisServer {

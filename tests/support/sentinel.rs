@@ -22,13 +22,7 @@ pub struct Sentinel {
 
 impl Sentinel {
     fn start(master_port: u16, quorum: usize, down_after_ms: u64) -> Sentinel {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "redlease-sentinel-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("sentinel dir");
+        let dir = super::temp_dir("sentinel");
         for _ in 0..20 {
             let port = free_port();
             // Sentinel rewrites its configuration file: it must be its own.

@@ -78,13 +78,7 @@ fn leaf(
 impl Certs {
     /// Makes every certificate the TLS tests use, in a new directory.
     pub fn make() -> Certs {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "redlease-certs-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        ));
-        std::fs::create_dir_all(&dir).expect("cert dir");
+        let dir = super::temp_dir("certs");
         let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).expect(name);
 
         let (ca_params, ca_key, ca_pem) = ca("redlease test CA");
