@@ -6,6 +6,8 @@
 
 use std::sync::Arc;
 
+use smallvec::SmallVec;
+
 use crate::conn::ServerInfo;
 use crate::error::{Error, Failure, ServerError, ServerText};
 use crate::node::{Node, Take};
@@ -69,7 +71,8 @@ pub(crate) fn tells_start(node: &Arc<Node>) -> Result<bool, Failure> {
 /// patterns is refused the probe's key, which says nothing about the keys
 /// it will lock: only what was refused as a command counts. Other errors
 /// (`OOM`, `READONLY`, …) are passing trouble for the lock calls to report.
-pub(crate) fn permissions(node: &Arc<Node>) -> Result<(), Error> {
+/// With `wait` (the manager waits for replicas), `WAIT 0 0` too.
+pub(crate) fn permissions(node: &Arc<Node>, wait: bool) -> Result<(), Error> {
     let failed = |failure: Failure| failure.into_error(&node.name);
     let token = Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?;
     let mut key = b"redlease:probe:".to_vec();
@@ -91,12 +94,20 @@ pub(crate) fn permissions(node: &Arc<Node>) -> Result<(), Error> {
     extend.encode(buf, &key, &token, Form::Sha);
     Op::Release.encode(buf, &key, &token, Form::Sha);
     resp::encode(buf, &[b"DEL", &key]);
-    conn.send_many(PROBE.len() as u32).map_err(failed)?;
+    if wait {
+        resp::encode(buf, &[b"WAIT", b"0", b"0"]);
+    }
+    let probed: SmallVec<[&str; 8]> = PROBE
+        .iter()
+        .copied()
+        .chain(wait.then_some("WAIT"))
+        .collect();
+    conn.send_many(probed.len() as u32).map_err(failed)?;
 
     let deadline = time::deadline_in(node.io_timeout());
     let mut denied: Vec<&str> = Vec::new();
     let mut first_text = None;
-    for what in PROBE {
+    for what in probed {
         let refused = conn
             .recv_next_with(deadline, |reply| match reply {
                 Reply::Error(text) => Some(ServerText::new(text)),

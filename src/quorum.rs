@@ -165,7 +165,7 @@ impl Quorum {
                                 message: "INFO server was refused or gave no uptime, and the restart quarantine needs it to see when the server started: allow +info, or build with .restart_quarantine(false)".into(),
                             });
                         }
-                        probe::permissions(node)?;
+                        probe::permissions(node, self.replicas.is_some())?;
                         node.preconnect(preconnect).map_err(failed)?;
                         Ok(run_id)
                     })

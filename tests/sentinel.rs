@@ -443,9 +443,19 @@ fn wait_for_replicas_on_plain_nodes() {
         assert!(server.get(b"quorum").is_none(), "released everywhere");
     }
 
-    // A user that may not WAIT: not replicated, and not worth retrying.
+    // A user that may not WAIT is refused at build, naming it.
     let url = master.acl_user("nowait", &["~*", "&*", "+@all", "-wait"]);
+    let err = support::builder()
+        .node(url.as_str())
+        .wait_for_replicas(1, Duration::from_millis(50))
+        .build()
+        .expect_err("WAIT denied");
+    assert!(matches!(err, Error::Permission { .. }), "{err:?}");
+    assert!(err.to_string().contains("WAIT"), "{err}");
+    // Denied after the build: not replicated, and not worth retrying.
+    let url = master.acl_user("latewait", &["~*", "&*", "+@all"]);
     let locks = waiting(&[url]);
+    master.acl_user("latewait", &["-wait"]);
     let err = locks.try_lock("denied", TTL).expect_err("WAIT refused");
     assert!(
         matches!(err, Error::NotReplicated { cause: Some(_), .. }),
