@@ -371,13 +371,13 @@ impl Conn {
 }
 
 /// One `read` into the buffer's free space; end of stream is a failure.
+/// An interrupted read (a signal, or TLS with part of a record) reads
+/// nothing: the caller tries again with the time it has left.
 fn read_into(stream: &mut Stream, rbuf: &mut ReadBuf) -> Result<(), Failure> {
     let spare = rbuf.spare()?;
-    let n = loop {
-        match stream.read(spare) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => break other?,
-        }
+    let n = match stream.read(spare) {
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+        other => other?,
     };
     if n == 0 {
         return Err(Failure::Closed);

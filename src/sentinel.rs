@@ -182,7 +182,10 @@ fn ask(
                     return Err(Failure::Timeout);
                 }
                 let spare = rbuf.spare()?;
-                let n = stream.read(spare)?;
+                let n = match stream.read(spare) {
+                    Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                    other => other?,
+                };
                 if n == 0 {
                     return Err(Failure::Closed);
                 }

@@ -223,12 +223,18 @@ impl TlsStream {
 }
 
 impl Read for TlsStream {
+    /// Decrypted bytes if any are here; else one read of the socket. When
+    /// that brought only part of a record, `Interrupted`: the caller, who
+    /// knows its deadline, reads again with the time it has left (a second
+    /// read here would wait the socket's whole timeout again).
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        loop {
-            if let Some(result) = self.plaintext(buf) {
-                return result;
-            }
-            self.read_records()?;
+        if let Some(result) = self.plaintext(buf) {
+            return result;
+        }
+        self.read_records()?;
+        match self.plaintext(buf) {
+            Some(result) => result,
+            None => Err(io::ErrorKind::Interrupted.into()),
         }
     }
 }

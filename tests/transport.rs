@@ -363,6 +363,28 @@ fn tls_to_a_plain_port_and_plain_to_a_tls_port_fail_fast() {
     assert!(started.elapsed() < Duration::from_secs(3));
 }
 
+/// Replies that arrive a byte at a time over TLS: a record in pieces. The
+/// call still ends at its I/O timeout (each piece used to restart the
+/// socket's whole timeout inside one read).
+#[test]
+fn a_tls_reply_in_pieces_keeps_the_io_timeout() {
+    let certs = Certs::make();
+    let tls = TlsServer::start(&certs, ServerCert::Good, false);
+    let proxy = support::proxy::FaultProxy::start(tls.tls_port);
+    let locks = tls_builder(&certs)
+        .node(format!("rediss://localhost:{}", proxy.port))
+        .io_timeout(Duration::from_millis(200))
+        .build()
+        .expect("build through the proxy");
+    proxy.set(support::proxy::Mode::Trickle(Duration::from_millis(30)));
+    let started = Instant::now();
+    let result = locks.try_lock("trickled", TTL);
+    let took = started.elapsed();
+    assert!(matches!(result, Err(Error::Timeout { .. })), "{result:?}");
+    // A record of a few dozen bytes at 30 ms each takes over a second.
+    assert!(took < Duration::from_millis(600), "took {took:?}");
+}
+
 /// A TLS node restarted under a manager: the pool reconnects (a new
 /// handshake) and locks go on.
 #[test]

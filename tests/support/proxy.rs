@@ -29,6 +29,9 @@ pub enum Mode {
     /// connection died before the client heard (a kill or reset at the
     /// worst moment).
     CutOnNextReply,
+    /// Forward requests; replies a byte at a time, this long apart: a
+    /// server whose replies arrive in pieces, slowly.
+    Trickle(Duration),
 }
 
 struct Shared {
@@ -179,6 +182,16 @@ fn pump(mut from: TcpStream, mut to: TcpStream, is_reply: bool, shared: &Shared)
             }
             Mode::Blackhole => false,
             Mode::DropReplies => !is_reply,
+            Mode::Trickle(d) if is_reply => {
+                for byte in &buf[..n] {
+                    thread::sleep(d);
+                    if to.write_all(std::slice::from_ref(byte)).is_err() {
+                        break;
+                    }
+                }
+                false
+            }
+            Mode::Trickle(_) => true,
         };
         if forward && to.write_all(&buf[..n]).is_err() {
             break;
