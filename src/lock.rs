@@ -381,21 +381,31 @@ impl Lock {
             return None;
         }
         self.done = true;
+        let released = self.release_now();
+        // Held until now only if it was still ours: a lock lost or expired
+        // long before it was dropped was not held all that time.
         #[cfg(feature = "metrics")]
-        self.manager.observe().held(self.granted_at.elapsed());
+        if let Ok(true) = released {
+            self.manager.observe().held(self.granted_at.elapsed());
+        }
+        Some(released)
+    }
+
+    /// Releases on the nodes; `Ok(true)` when it was still ours.
+    fn release_now(&mut self) -> Result<bool> {
         let Some(lease) = self.lease.take() else {
-            return Some(self.manager.release(&self.key, &self.token));
+            return self.manager.release(&self.key, &self.token);
         };
         // Releasing before anything is sent: the keeper renews no more.
         let began = lease.begin_release();
         let released = self.manager.release(&self.key, &self.token);
         self.manager.finish_lease(lease);
-        Some(match began {
+        match began {
             Began::Held => released,
             // Reported lost: whatever was left is cleaned up, and the work
             // was not protected.
             Began::Lost => released.map(|_| false),
-        })
+        }
     }
 }
 

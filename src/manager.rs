@@ -135,8 +135,11 @@ impl LockManager {
     /// Each node's health, for an operator's health endpoint or a log line:
     /// up or down and since when, its latest failure, its restart
     /// quarantine, its connections, and a `PING` round trip measured now
-    /// (nodes that are down are not pinged). Blocks for up to one I/O
-    /// timeout per node; never on the hot path.
+    /// (a node that is down is not pinged, but a call after its backoff
+    /// starts its reconnect, as a lock call would). Nodes are asked one
+    /// after another; each may take the pool wait when all its connections
+    /// are busy, or a connect when none is open, plus one I/O timeout. A
+    /// slow answer here never marks a node down.
     ///
     /// ```no_run
     /// # let locks = redlease::LockManager::builder().node("redis://127.0.0.1").build()?;
@@ -154,9 +157,9 @@ impl LockManager {
             .iter()
             .map(|node| {
                 let mut status = node.status();
-                if status.up {
-                    status.round_trip = probe::round_trip(node);
-                }
+                // A node in its backoff answers Down at once; one past it
+                // starts its reconnect in the background.
+                status.round_trip = probe::round_trip(node);
                 status
             })
             .collect();
@@ -232,7 +235,7 @@ impl LockManager {
             Ok(_) => Outcome::Granted,
             Err(e) => Outcome::of(e),
         };
-        self.shared.observe.acquire(outcome, started.elapsed());
+        self.shared.observe.acquire(outcome, started);
         result
     }
 
@@ -269,7 +272,7 @@ impl LockManager {
                 Ok(None) => Outcome::Held,
                 Err(e) => Outcome::of(e),
             };
-            self.shared.observe.acquire(outcome, started.elapsed());
+            self.shared.observe.acquire(outcome, started);
         }
     }
 
@@ -499,10 +502,12 @@ impl LockManager {
             // No fresh token, no handoff: `handoff` delivers nothing when
             // dropped, and the waiter tries by itself.
             if let Ok(theirs) = Token::random() {
-                let started = Instant::now();
+                let started = observing();
                 match shared.quorum.handoff(key, token, &theirs, handoff.ttl()) {
                     HandedOff::Granted { valid_until } => {
-                        shared.observe.handed_off(started.elapsed());
+                        if let Some(started) = started {
+                            shared.observe.handed_off(started.elapsed());
+                        }
                         if !handoff.deliver(Some((theirs, valid_until))) {
                             // The waiter is gone: let its lock go.
                             let _ = shared.quorum.release(key, &theirs);

@@ -400,9 +400,16 @@ impl Node {
 
     /// Keeps `failure` as the node's latest, unless one was kept less than
     /// a second ago (or another thread is keeping one now).
+    /// An operation failed here (a round's verdict, after any second
+    /// chance): counted, and kept as the latest error.
+    #[cold]
+    pub(crate) fn failed(&self, failure: &Failure) {
+        self.observe.failed();
+        self.note(failure);
+    }
+
     #[cold]
     fn note(&self, failure: &Failure) {
-        self.observe.failed();
         let Some(mut last) = self.last_error.try_lock() else {
             return;
         };
@@ -617,9 +624,6 @@ impl Checkout<'_> {
                 if !matches!(reply, Err(Failure::Protocol(_))) {
                     self.node.mark_up();
                 }
-                if let Err(failure) = &reply {
-                    self.node.note(failure);
-                }
                 reply
             }
             Err(Failure::Timeout) => {
@@ -628,10 +632,7 @@ impl Checkout<'_> {
                 }
                 Err(Failure::Timeout)
             }
-            Err(failure) => {
-                self.node.note(&failure);
-                Err(failure)
-            }
+            Err(failure) => Err(failure),
         }
     }
 }

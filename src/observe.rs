@@ -19,7 +19,7 @@
 //! | `redlease_node_errors_total` | counter | `node` |
 //! | `redlease_node_up` | gauge | `node` (1 up, 0 in its reconnect backoff) |
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 #[cfg(feature = "metrics")]
 use metrics::{Counter, Gauge, Histogram, counter, gauge, histogram};
@@ -91,18 +91,19 @@ impl Default for Handles {
 }
 
 impl Observe {
-    /// A call for a lock ended; `waited` from the call to its end.
+    /// A call for a lock that began at `started` ended (the clock is read
+    /// only with the feature).
     #[inline]
-    pub(crate) fn acquire(&self, outcome: Outcome, waited: Duration) {
+    pub(crate) fn acquire(&self, outcome: Outcome, started: Instant) {
         #[cfg(feature = "metrics")]
         {
             self.handles.acquire[outcome as usize].increment(1);
             if let Outcome::Granted = outcome {
-                self.handles.wait.record(waited.as_secs_f64());
+                self.handles.wait.record(started.elapsed().as_secs_f64());
             }
         }
         #[cfg(not(feature = "metrics"))]
-        let _ = (outcome, waited);
+        let _ = (outcome, started);
     }
 
     /// A lock was released (or dropped) after being held this long (the

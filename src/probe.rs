@@ -48,7 +48,8 @@ pub(crate) fn round_trip(node: &Arc<Node>) -> Option<std::time::Duration> {
     let start = std::time::Instant::now();
     conn.send().ok()?;
     let deadline = time::deadline_in(node.io_timeout());
-    conn.recv(deadline, true, |reply| match reply {
+    // `had_time` false: a slow PING here is no reason to mark it down.
+    conn.recv(deadline, false, |reply| match reply {
         Reply::Simple(b"PONG") => Ok(()),
         Reply::Error(text) => Err(Failure::from_server(text)),
         _ => Err(Failure::Protocol("unexpected reply to PING")),

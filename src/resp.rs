@@ -233,6 +233,7 @@ impl ReadBuf {
 
     /// Decodes one reply if a whole one is buffered, hands it to `read` and
     /// consumes it; `Ok(None)` when more bytes are needed.
+    #[cfg(any(test, feature = "internals"))]
     #[inline]
     pub(crate) fn take<T>(
         &mut self,

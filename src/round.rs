@@ -54,6 +54,14 @@ enum Redo {
     Reconnect,
 }
 
+/// Records `failure` as node `i`'s in the tally, and tells the node (its
+/// error count and latest error; feature `metrics`, and `status()`). Only
+/// what a round gives up on counts: a second chance that worked does not.
+fn note_fail(nodes: &[Arc<Node>], tally: &mut Tally, i: usize, failure: Failure) {
+    nodes[i].failed(&failure);
+    tally.fail(i, failure);
+}
+
 /// What one round found, node by node.
 #[derive(Debug)]
 pub(crate) struct Tally {
@@ -193,7 +201,7 @@ impl<'q> Round<'q> {
                             .encode(conn.request(), self.key, self.token, Form::Sha);
                         slot = Some(conn);
                     }
-                    Err(failure) => self.tally.fail(i, failure),
+                    Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
                 }
             }
             self.slots.push(slot);
@@ -250,7 +258,7 @@ impl<'q> Round<'q> {
             match conn.send() {
                 Ok(()) => pending |= 1 << i,
                 Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
-                Err(failure) => self.tally.fail(i, failure),
+                Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
             }
         }
         self.tally.sent |= pending;
@@ -306,7 +314,7 @@ impl<'q> Round<'q> {
                     redos.push((i, Redo::Reconnect));
                 }
                 Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
-                Err(failure) => self.tally.fail(i, failure),
+                Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
             }
         }
     }
@@ -363,7 +371,7 @@ impl<'q> Round<'q> {
             };
             match sent {
                 Ok(()) => again |= 1 << i,
-                Err(failure) => self.tally.fail(i, failure),
+                Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
             }
         }
         self.tally.sent |= again;
@@ -418,7 +426,7 @@ impl<'q> Round<'q> {
             op.encode(conn.request(), self.key, self.token, Form::Sha);
             match conn.send() {
                 Ok(()) => pending |= 1 << i,
-                Err(failure) => self.tally.fail(i, failure),
+                Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
             }
         }
         let kept_op = std::mem::replace(&mut self.op, op);
@@ -430,7 +438,7 @@ impl<'q> Round<'q> {
             &mut redos,
         );
         for (i, _) in redos {
-            self.tally.fail(i, Failure::Closed);
+            note_fail(self.nodes, &mut self.tally, i, Failure::Closed);
         }
         self.op = kept_op;
         self.tally.end = Instant::now();

@@ -175,7 +175,8 @@ fn operations_are_counted_and_cost_no_allocation() {
     assert_eq!(recorder.counter("redlease_extend_total{outcome=lost}"), 1);
     drop(held);
 
-    // A wait that times out, and one that is woken by a release.
+    // Waits that give up (try_lock_for: held at its last look; lock with
+    // a wait bound: timed out), then one that is handed the lock.
     let blocker = one.try_lock("m-wait", TTL).unwrap().expect("free");
     assert!(
         one.try_lock_for("m-wait", TTL, Duration::from_millis(50))
@@ -198,7 +199,15 @@ fn operations_are_counted_and_cost_no_allocation() {
         recorder.counter("redlease_acquire_total{outcome=timeout}"),
         1
     );
+    // A waiter parked on the key gets it handed over by the release.
+    let waiter = {
+        let one = one.clone();
+        std::thread::spawn(move || drop(one.lock("m-wait", TTL).expect("handed over")))
+    };
+    std::thread::sleep(Duration::from_millis(300));
     drop(blocker);
+    waiter.join().expect("waiter");
+    assert_eq!(recorder.histogram_count("redlease_handoff_seconds"), 1);
 
     // A kept-alive lock found lost.
     let lock = one
@@ -223,5 +232,9 @@ fn operations_are_counted_and_cost_no_allocation() {
         recorder.gauge(&format!("redlease_node_up{{node={dead}}}")),
         Some(0.0)
     );
-    assert!(recorder.counter("redlease_acquire_total{outcome=granted}") >= 2_204);
+    let granted = recorder.counter("redlease_acquire_total{outcome=granted}");
+    assert!(granted >= 2_205, "{granted}");
+    // Locks lost or taken before they were dropped record no hold.
+    let holds = recorder.histogram_count("redlease_hold_seconds");
+    assert!(holds <= granted - 2, "{holds} holds of {granted} grants");
 }

@@ -123,6 +123,11 @@ impl Env {
             .iter()
             .chain(self.deployment.iter().flat_map(|d| &d.servers))
             .filter_map(RedisServer::pid)
+            .chain(
+                self.deployment
+                    .iter()
+                    .flat_map(|d| d.sentinels.iter().map(sentinel::Sentinel::pid)),
+            )
             .collect()
     }
 

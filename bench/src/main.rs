@@ -30,6 +30,7 @@ mod work;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
@@ -64,7 +65,8 @@ pub struct Options {
     #[arg(long, default_value = "1ms", value_parser = duration)]
     hold: Duration,
     /// Each thread locks a key of its own (as many keys as threads): the
-    /// lock's own cost, with no one to wait for. Overrides --keys.
+    /// lock's own cost, with no one to wait for (and so nothing for the
+    /// mutual-exclusion check to catch). Overrides --keys.
     #[arg(long, conflicts_with = "compare")]
     uncontended: bool,
     /// How the time inside the critical section is drawn: fixed at --hold,
@@ -263,13 +265,15 @@ fn run_all(o: &Options) -> Result<Vec<Summary>, String> {
         o.keys = o.threads;
     }
     let o = &o;
-    let env = Env::start(o)?;
-    let pids = env.pids();
-    // A first Ctrl-C ends the run early: the summary still prints and the
-    // embedded servers (in their own process group, so the Ctrl-C did not
-    // reach them) are stopped after. A second one does not wait.
+    // Installed before any server starts. A first Ctrl-C ends the run
+    // early: the summary still prints and the embedded servers (in process
+    // groups of their own, so the Ctrl-C did not reach them) are stopped
+    // after. A second one does not wait.
+    let pids: Arc<Mutex<Vec<u32>>> = Arc::default();
+    let handler_pids = Arc::clone(&pids);
     let _ = ctrlc::set_handler(move || {
         if INTERRUPTED.swap(true, Ordering::Relaxed) {
+            let pids = handler_pids.lock().map(|p| p.clone()).unwrap_or_default();
             for pid in &pids {
                 let _ = std::process::Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
@@ -278,6 +282,10 @@ fn run_all(o: &Options) -> Result<Vec<Summary>, String> {
             std::process::exit(130);
         }
     });
+    let env = Env::start(o)?;
+    if let Ok(mut p) = pids.lock() {
+        *p = env.pids();
+    }
     let runs: Vec<(Retry, bool)> = if o.compare {
         let mut runs = vec![(Retry::Poll, false), (Retry::Wake, false)];
         if o.urls.len() <= 1 && o.nodes == 1 && !o.sentinel && o.wait_replicas.is_none() {
@@ -320,8 +328,8 @@ fn check(o: &Options) -> Result<(), String> {
     if o.count == Some(0) {
         return Err("--count must be above zero".into());
     }
-    if o.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
-        return Err("--rate must be a number of cycles per second above zero".into());
+    if o.rate.is_some_and(|r| !(0.01..=1e7).contains(&r)) {
+        return Err("--rate must be between 0.01 and 10000000 cycles per second".into());
     }
     Ok(())
 }

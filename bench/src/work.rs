@@ -50,7 +50,14 @@ pub fn run(env: &Env, o: &Options, retry: Retry, fair: bool) -> Result<Summary, 
     let redis_version = env.redis_version();
     let rtt = env.round_trip()?;
 
-    let run_id = format!("{}-{}", std::process::id(), retry.name());
+    // Fresh names for every run: nothing an earlier run (of this process,
+    // or of another with the same pid) left behind is counted.
+    let run_id = format!(
+        "{}-{}-{:016x}",
+        std::process::id(),
+        if fair { "fair" } else { retry.name() },
+        fastrand::u64(..)
+    );
     let shared = Arc::new(Shared {
         locks,
         keys: (0..o.keys)
@@ -91,8 +98,19 @@ pub fn run(env: &Env, o: &Options, retry: Retry, fair: bool) -> Result<Summary, 
     }
     let elapsed = started.elapsed();
 
+    // Key by key: each counter must equal its key's critical sections. One
+    // short is a lost update; one over is a count that came from elsewhere,
+    // which makes the check unsound: both fail the run.
     let counted = read_counters(counter_url, &shared.counters)?;
-    let lost_updates = stats.intervals.len() as u64 - counted.min(stats.intervals.len() as u64);
+    let mut sections = vec![0u64; shared.counters.len()];
+    for &(k, _, _) in &stats.intervals {
+        sections[k] += 1;
+    }
+    let lost_updates = sections
+        .iter()
+        .zip(&counted)
+        .map(|(&expected, &got)| expected.abs_diff(got))
+        .sum();
     let overlaps = stats.overlaps();
     cleanup(counter_url, &shared);
     Ok(Summary {
@@ -197,6 +215,13 @@ fn work(
             Ok(Ok(lock)) => lock,
             Ok(Err(_)) if Instant::now() >= deadline => break, // cut short by the end of the run
             Ok(Err(attempts)) => {
+                // An arrival that never got its lock waited too: leaving it
+                // out would flatter the tail.
+                if let Some(intended) = intended {
+                    let _ = stats
+                        .response
+                        .record((intended.elapsed().as_micros() as u64).max(1));
+                }
                 stats.gave_up += 1;
                 stats.contended += u64::from(attempts);
                 shared
@@ -207,6 +232,11 @@ fn work(
             Err(e) => {
                 stats.error(&e);
                 shared.errors.fetch_add(1, Ordering::Relaxed);
+                if let Some(intended) = intended {
+                    let _ = stats
+                        .response
+                        .record((intended.elapsed().as_micros() as u64).max(1));
+                }
                 // Do not spin on a persistent failure.
                 thread::sleep(Duration::from_millis(1));
                 continue;
@@ -277,19 +307,21 @@ fn work(
     Ok(stats)
 }
 
-fn read_counters(url: &str, counters: &[String]) -> Result<u64, String> {
+/// Each counter's value (0 when missing).
+fn read_counters(url: &str, counters: &[String]) -> Result<Vec<u64>, String> {
     let mut con = redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .map_err(|e| format!("counter connection: {e}"))?;
-    let mut total = 0;
-    for counter in counters {
-        let n: Option<u64> = redis::cmd("GET")
-            .arg(counter)
-            .query(&mut con)
-            .map_err(|e| format!("counter read: {e}"))?;
-        total += n.unwrap_or(0);
-    }
-    Ok(total)
+    counters
+        .iter()
+        .map(|counter| {
+            let n: Option<u64> = redis::cmd("GET")
+                .arg(counter)
+                .query(&mut con)
+                .map_err(|e| format!("counter read: {e}"))?;
+            Ok(n.unwrap_or(0))
+        })
+        .collect()
 }
 
 /// Removes the counters (locks are gone already) from a server we were

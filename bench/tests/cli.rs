@@ -153,6 +153,34 @@ fn compare_plot_and_open_loop() {
     // 400/s for a second, give or take the start.
     assert!((300..=401).contains(&n), "open loop ran {n} cycles");
     assert_eq!(s["response_latency_us"]["count"], n, "{s}");
+
+    // Far above what one hot key can do: the queue shows in the corrected
+    // latency, not in the uncorrected one.
+    let s = summary(&[
+        "--rate",
+        "20000",
+        "--keys",
+        "1",
+        "--hold",
+        "2ms",
+        "--duration",
+        "1",
+        "--threads",
+        "4",
+        "--json",
+    ]);
+    check_clean(&s, 1);
+    let started = s["started_per_s"].as_f64().expect("started");
+    assert!(
+        started < 1000.0,
+        "a 2 ms hold allows at most 500/s: {started}"
+    );
+    let corrected = s["response_latency_us"]["p99"].as_u64().expect("p99");
+    let raw = s["acquire_latency_us"]["p99"].as_u64().expect("p99");
+    assert!(
+        corrected > 10 * raw.max(1),
+        "corrected p99 {corrected} µs vs {raw} µs"
+    );
 }
 
 /// `--uncontended`: a key per thread, so no attempt ever finds one held.

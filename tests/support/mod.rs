@@ -90,7 +90,9 @@ impl RedisServer {
 
     /// Like [`start_unix`](Self::start_unix), with extra arguments.
     pub fn start_unix_with(extra: &[&str]) -> RedisServer {
-        RedisServer::try_start_inner(extra, false, true).unwrap_or_else(|e| panic!("{e}"))
+        // In a process group of its own, like `try_start_detached`: the load
+        // generator's Ctrl-C must not reach it.
+        RedisServer::try_start_inner(extra, true, true).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The unix socket of a server from [`start_unix`](Self::start_unix).

@@ -40,14 +40,17 @@ impl Sentinel {
             )
             .expect("sentinel.conf");
             let binary = std::env::var(SERVER_ENV).unwrap_or_else(|_| "redis-server".into());
-            let child = match Command::new(&binary)
+            let mut command = Command::new(&binary);
+            command
                 .arg(&conf)
                 .arg("--sentinel")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-            {
+                .stderr(Stdio::null());
+            // Its own process group: a Ctrl-C at the terminal reaches only
+            // the parent, which stops it by its pid.
+            std::os::unix::process::CommandExt::process_group(&mut command, 0);
+            let child = match command.spawn() {
                 Ok(child) => child,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
                 Err(e) => panic!("cannot run {binary}: {e}"),
@@ -94,6 +97,10 @@ impl Sentinel {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Sentinel {
@@ -113,18 +120,21 @@ pub struct Deployment {
 
 impl Deployment {
     pub fn start(replicas: usize, sentinels: usize, down_after_ms: u64) -> Deployment {
-        let master = RedisServer::start();
+        let master = RedisServer::try_start_detached(&[]).unwrap_or_else(|e| panic!("{e}"));
         let port = master.port.to_string();
         let mut servers = vec![master];
         for _ in 0..replicas {
-            servers.push(RedisServer::start_with(&[
-                "--replicaof",
-                "127.0.0.1",
-                &port,
-                // Promotable, and quick to notice a dead master.
-                "--repl-ping-replica-period",
-                "1",
-            ]));
+            servers.push(
+                RedisServer::try_start_detached(&[
+                    "--replicaof",
+                    "127.0.0.1",
+                    &port,
+                    // Promotable, and quick to notice a dead master.
+                    "--repl-ping-replica-period",
+                    "1",
+                ])
+                .unwrap_or_else(|e| panic!("{e}")),
+            );
         }
         let quorum = sentinels / 2 + 1;
         let sentinels: Vec<Sentinel> = (0..sentinels)
