@@ -167,12 +167,29 @@ impl Deployment {
         self.sentinels.iter().map(Sentinel::url).collect()
     }
 
-    /// Asks a sentinel to fail over now (no need for the master to fail).
-    pub fn force_failover(&self) {
-        let reply = self.sentinels[0]
-            .ask(&format!("SENTINEL FAILOVER {MASTER}"))
-            .unwrap_or_default();
-        assert!(reply.starts_with("+OK"), "SENTINEL FAILOVER: {reply}");
+    /// Asks the sentinels to fail over now (no need for the master to
+    /// fail) until server `to` is the master: a sentinel may abort a
+    /// failover (no replica it deems good, on a loaded machine) or be
+    /// busy with one, and is then asked again.
+    pub fn fail_over_to(&self, to: usize, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        for attempt in 0.. {
+            let sentinel = &self.sentinels[attempt % self.sentinels.len()];
+            let reply = sentinel
+                .ask(&format!("SENTINEL FAILOVER {MASTER}"))
+                .unwrap_or_default();
+            let tried = Instant::now();
+            while tried.elapsed() < Duration::from_secs(5) {
+                if self.master() == Some(to) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server {to} not promoted within {limit:?} (last SENTINEL FAILOVER: {reply:?})"
+            );
+        }
     }
 }
 
