@@ -56,7 +56,8 @@ impl Sentinels {
         &self.sentinels
     }
 
-    /// The master's address as the first sentinel that knows it says.
+    /// The master's address as the first sentinel that knows it says,
+    /// asking them in turn within one connect timeout in all.
     pub(crate) fn master_addr(
         &self,
         connect_timeout: Duration,
@@ -68,13 +69,20 @@ impl Sentinels {
         // answer that tells the user something.
         let mut unknown = None;
         let mut last = None;
+        // All the sentinels together get one connect timeout, not one each.
+        let deadline = time::deadline_in(connect_timeout);
         for k in 0..n {
             let i = (first + k) % n;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left < Duration::from_millis(1) {
+                last = Some(Failure::Timeout);
+                break;
+            }
             match ask(
                 &self.sentinels[i],
                 &self.master,
-                connect_timeout,
-                io_timeout,
+                connect_timeout.min(left),
+                io_timeout.min(left),
             ) {
                 Ok(Some(addr)) => {
                     let announced = self.announced.lock().clone();

@@ -89,6 +89,31 @@ fn unknown_master_or_no_sentinel_is_a_clear_error() {
     );
 }
 
+/// Sentinels that never complete a TCP handshake: asking them all takes
+/// one connect timeout, not one each.
+#[test]
+fn hung_sentinels_cost_one_connect_timeout() {
+    let _serial = serial();
+    let hung: Vec<_> = (0..3).map(|_| support::connect_hangs()).collect();
+    let urls: Vec<String> = hung
+        .iter()
+        .map(|(_, _, port)| format!("redis://127.0.0.1:{port}"))
+        .collect();
+    let started = Instant::now();
+    let err = support::builder()
+        .sentinel(format!("redis://{MASTER}"), urls)
+        .connect_timeout(Duration::from_millis(300))
+        .build()
+        .expect_err("no sentinel answers");
+    let took = started.elapsed();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(
+        took < Duration::from_millis(700),
+        "took {took:?} for 3 sentinels"
+    );
+    drop(hung);
+}
+
 /// Cycles on `threads` threads until stopped; the longest time no thread
 /// completed a cycle, and the failed cycles.
 struct Load {
