@@ -122,15 +122,8 @@ impl Conn {
         // started, for the restart quarantine) and PING, plus AUTH and
         // SELECT when configured.
         let mut commands = SCRIPTS.all().len() as u32 + 2;
-        if let Some(password) = &endpoint.password {
+        if encode_auth(&mut self.wbuf, endpoint) {
             commands += 1;
-            match &endpoint.username {
-                Some(user) => resp::encode(
-                    &mut self.wbuf,
-                    &[b"AUTH", user.as_bytes(), password.0.as_bytes()],
-                ),
-                None => resp::encode(&mut self.wbuf, &[b"AUTH", password.0.as_bytes()]),
-            }
         }
         if endpoint.db != 0 {
             commands += 1;
@@ -368,6 +361,19 @@ impl Conn {
     pub(crate) fn is_clean(&self) -> bool {
         !self.broken && self.owed == 0 && self.rbuf.is_empty()
     }
+}
+
+/// Appends `AUTH` with the endpoint's credentials, if it has any; says
+/// whether it did (a reply more to read).
+pub(crate) fn encode_auth(buf: &mut BytesMut, endpoint: &Endpoint) -> bool {
+    let Some(password) = &endpoint.password else {
+        return false;
+    };
+    match &endpoint.username {
+        Some(user) => resp::encode(buf, &[b"AUTH", user.as_bytes(), password.0.as_bytes()]),
+        None => resp::encode(buf, &[b"AUTH", password.0.as_bytes()]),
+    }
+    true
 }
 
 /// One `read` into the buffer's free space; end of stream is a failure.

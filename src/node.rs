@@ -170,12 +170,12 @@ impl Node {
         self.timeouts.io
     }
 
-    /// Its address and credentials.
     /// Whether the node's server is found through sentinels.
     pub(crate) fn follows_failover(&self) -> bool {
         self.endpoint.follows_failover()
     }
 
+    /// Its address and credentials.
     pub(crate) fn endpoint(&self) -> &Endpoint {
         &self.endpoint
     }
@@ -398,8 +398,6 @@ impl Node {
         }
     }
 
-    /// Keeps `failure` as the node's latest, unless one was kept less than
-    /// a second ago (or another thread is keeping one now).
     /// An operation failed here (a round's verdict, after any second
     /// chance): counted, and kept as the latest error.
     #[cold]
@@ -408,6 +406,8 @@ impl Node {
         self.note(failure);
     }
 
+    /// Keeps `failure` as the node's latest, unless one was kept less than
+    /// a second ago (or another thread is keeping one now).
     #[cold]
     fn note(&self, failure: &Failure) {
         let Some(mut last) = self.last_error.try_lock() else {
@@ -516,10 +516,6 @@ impl Node {
             None => time::deadline(*state.silent_since.get_or_insert(now), quarantine),
         };
         let until = if switched {
-            log::warn!(
-                "redlease: node {} now leads to another server (a failover?): it grants no lock for {quarantine:?}",
-                self.name
-            );
             until.max(time::deadline(now, quarantine))
         } else {
             until
@@ -539,6 +535,11 @@ impl Node {
         self.quarantined.store(true, Ordering::Relaxed);
         drop(state);
         match uptime {
+            _ if switched => log::warn!(
+                "redlease: node {} now leads to another server (a failover?): it grants no lock for {:?}",
+                self.name,
+                until - now
+            ),
             Some(Uptime { up, .. }) => log::warn!(
                 "redlease: node {} started {up:?} ago: it may have lost locks it held, so it grants none for {:?}",
                 self.name,

@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use smallvec::SmallVec;
 
-use crate::conn::ServerInfo;
 use crate::error::{Error, Failure, ServerError, ServerText};
 use crate::node::{Node, Take};
 use crate::resp::{self, Reply};
@@ -25,19 +24,14 @@ const PROBE: [&str; 7] = ["SET", "GET", "PEXPIRE", "EVAL", "EVALSHA", "EVALSHA",
 /// without `DEL`): long enough for the probe's one round trip.
 const PROBE_TTL_MS: u64 = 2_000;
 
-/// The server's `run_id` (from `INFO server`), which tells two addresses of
-/// one server apart from two servers. `None` when the server will not say
-/// (an ACL user without `INFO`).
-pub(crate) fn run_id(node: &Arc<Node>) -> Result<Option<[u8; 40]>, Failure> {
-    let mut conn = node.checkout(Take::Pooled)?;
-    resp::encode(conn.request(), &[b"INFO", b"server"]);
-    conn.send()?;
-    let deadline = time::deadline_in(node.io_timeout());
-    conn.recv_next_with(deadline, |reply| match reply {
-        Reply::Bulk(info) => Ok(ServerInfo::parse(info).run_id),
-        Reply::Error(_) => Ok(None),
-        _ => Err(Failure::Protocol("unexpected reply to INFO")),
-    })?
+/// What the handshake's `INFO server` said about the server: its
+/// `run_id`, which tells two addresses of one server apart from two
+/// servers, and whether it told its uptime, which the restart quarantine
+/// needs. `None` and `false` when it would not say (an ACL user without
+/// `INFO`).
+pub(crate) fn identity(node: &Arc<Node>) -> Result<(Option<[u8; 40]>, bool), Failure> {
+    let conn = node.checkout(Take::Pooled)?;
+    Ok((conn.server_run_id(), conn.server_uptime().is_some()))
 }
 
 /// One `PING`'s round trip on a pooled connection (for `status()`);
@@ -56,13 +50,6 @@ pub(crate) fn round_trip(node: &Arc<Node>) -> Option<std::time::Duration> {
     })
     .ok()?;
     Some(start.elapsed())
-}
-
-/// Whether the server told the handshake when it started (`INFO server`'s
-/// uptime), which the restart quarantine needs.
-pub(crate) fn tells_start(node: &Arc<Node>) -> Result<bool, Failure> {
-    let conn = node.checkout(Take::Pooled)?;
-    Ok(conn.server_uptime().is_some())
 }
 
 /// Runs every command a lock needs once, on a fresh key of its own that

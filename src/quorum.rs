@@ -158,8 +158,8 @@ impl Quorum {
                     s.spawn(move || {
                         let failed =
                             |failure: crate::error::Failure| failure.into_error(&node.name);
-                        let run_id = probe::run_id(node).map_err(failed)?;
-                        if node.quarantines() && !probe::tells_start(node).map_err(failed)? {
+                        let (run_id, tells_start) = probe::identity(node).map_err(failed)?;
+                        if node.quarantines() && !tells_start {
                             return Err(Error::Permission {
                                 node: Arc::clone(&node.name),
                                 message: "INFO server was refused or gave no uptime, and the restart quarantine needs it to see when the server started: allow +info, or build with .restart_quarantine(false)".into(),

@@ -13,7 +13,8 @@
 //!    source), a pooled connection the server had closed while it sat
 //!    idle, or a `READONLY` from a sentinel-found master that a failover
 //!    demoted (the request goes again on a new connection, if there is
-//!    time left to connect; a refused write did nothing). Neither can repeat, so there is no loop. A request
+//!    time left to connect; a refused write did nothing). None of these
+//!    can repeat, so there is no loop. A request
 //!    sent again may find the effect of its first sending (the server may
 //!    have applied it just before closing). Acquisitions go again as a
 //!    script that recognises our own token, and a handoff recognises the

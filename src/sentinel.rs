@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use parking_lot::Mutex;
 
-use crate::conn::Timeouts;
+use crate::conn::{Timeouts, encode_auth};
 use crate::endpoint::Endpoint;
 use crate::error::{Failure, ServerText};
 use crate::resp::{self, Push, Pushed, ReadBuf, Reply};
@@ -140,15 +140,8 @@ fn ask(
     let mut stream = Stream::open(sentinel, connect_timeout, io_timeout)?;
     let mut request = BytesMut::with_capacity(128);
     let mut replies = 1;
-    if let Some(password) = &sentinel.password {
+    if encode_auth(&mut request, sentinel) {
         replies += 1;
-        match &sentinel.username {
-            Some(user) => resp::encode(
-                &mut request,
-                &[b"AUTH", user.as_bytes(), password.0.as_bytes()],
-            ),
-            None => resp::encode(&mut request, &[b"AUTH", password.0.as_bytes()]),
-        }
     }
     resp::encode(
         &mut request,
@@ -295,15 +288,7 @@ fn bump(epoch: &Weak<AtomicU64>) {
 fn subscribe(sentinel: &Endpoint, timeouts: Timeouts) -> Result<Stream, Failure> {
     let mut stream = Stream::open(sentinel, timeouts.connect, timeouts.io)?;
     let mut request = BytesMut::with_capacity(128);
-    if let Some(password) = &sentinel.password {
-        match &sentinel.username {
-            Some(user) => resp::encode(
-                &mut request,
-                &[b"AUTH", user.as_bytes(), password.0.as_bytes()],
-            ),
-            None => resp::encode(&mut request, &[b"AUTH", password.0.as_bytes()]),
-        }
-    }
+    encode_auth(&mut request, sentinel);
     resp::encode(&mut request, &[b"SUBSCRIBE", b"+switch-master"]);
     stream.write_all(&request)?;
     stream.set_read_timeout(WATCH_TICK)?;
