@@ -89,6 +89,28 @@ fn unknown_master_or_no_sentinel_is_a_clear_error() {
     );
 }
 
+/// A sentinel manager dropped leaves nothing behind: its watch thread, its
+/// subscription and its pooled connections end with it.
+#[test]
+fn a_dropped_sentinel_manager_leaks_no_thread_or_descriptor() {
+    let _serial = serial();
+    let deployment = Deployment::start(1, 3, 5_000);
+    // Warm up what the process keeps anyway (the first build's one-offs).
+    drop(manager(&deployment));
+    thread::sleep(Duration::from_millis(1_500));
+    let before = support::resources();
+    for _ in 0..5 {
+        let locks = manager(&deployment);
+        drop(locks.try_lock("leak", TTL).unwrap().expect("free"));
+        drop(locks);
+    }
+    support::eventually(
+        Duration::from_secs(5),
+        "threads and descriptors back",
+        || support::resources() == before,
+    );
+}
+
 /// Sentinels that never complete a TCP handshake: asking them all takes
 /// one connect timeout, not one each.
 #[test]
