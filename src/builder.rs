@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use redis::{ConnectionInfo, IntoConnectionInfo};
 
+use crate::cluster::Cluster;
 use crate::conn::Timeouts;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -13,6 +14,7 @@ use crate::manager::{Limits, LockManager};
 use crate::node::NodeConfig;
 use crate::quorum::Quorum;
 use crate::retry::RetryPolicy;
+use crate::route::Route;
 
 /// Largest key cap that may be configured: far below Redis's own
 /// `proto-max-bulk-len`, past which the server drops the connection.
@@ -31,6 +33,8 @@ enum NodeSpec {
         master: redis::RedisResult<ConnectionInfo>,
         sentinels: Vec<redis::RedisResult<ConnectionInfo>>,
     },
+    /// A Redis Cluster, known by some of its nodes.
+    Cluster(Vec<redis::RedisResult<ConnectionInfo>>),
 }
 
 /// Builds a [`LockManager`]. Every setter documents its default.
@@ -144,6 +148,40 @@ impl LockManagerBuilder {
                 .map(IntoConnectionInfo::into_connection_info)
                 .collect(),
         });
+        self
+    }
+
+    /// Locks over a Redis Cluster, known by one or more of its nodes
+    /// (`redis://…` or `rediss://…`; the rest is discovered with
+    /// `CLUSTER NODES`, and the seeds' credentials and TLS settings are used
+    /// for every node). Each key's lock lives on the master of the key's
+    /// hash slot, as a single-node lock there: a cluster's masters are not
+    /// a Redlock quorum (each slot has one). Slot migrations (`MOVED`,
+    /// `ASK`) and failovers are followed inside each call. A lock's fence
+    /// counter and fair queue are named to share its slot
+    /// (`{<key>}:redlease:fence`; a key with a hash tag keeps it).
+    ///
+    /// A replica promoted by a failover may lack locks its master granted
+    /// just before (replication is asynchronous): a master the manager last
+    /// saw as a replica grants nothing for the restart quarantine's time
+    /// (see [`restart_quarantine`](Self::restart_quarantine)), and
+    /// [`wait_for_replicas`](Self::wait_for_replicas) narrows the window.
+    /// Cannot be combined with [`node`](Self::node) or
+    /// [`sentinel`](Self::sentinel).
+    ///
+    /// ```no_run
+    /// let locks = redlease::LockManager::builder()
+    ///     .cluster(["redis://10.0.0.1:7000", "redis://10.0.0.2:7000"])
+    ///     .build()?;
+    /// # Ok::<(), redlease::Error>(())
+    /// ```
+    pub fn cluster<A: IntoConnectionInfo>(mut self, seeds: impl IntoIterator<Item = A>) -> Self {
+        self.nodes.push(NodeSpec::Cluster(
+            seeds
+                .into_iter()
+                .map(IntoConnectionInfo::into_connection_info)
+                .collect(),
+        ));
         self
     }
 
@@ -282,8 +320,10 @@ impl LockManagerBuilder {
     }
 
     /// Gives every lock a fencing token ([`Lock::fence`]): each key gets a
-    /// counter beside it (`<key>:redlease:fence`, without a TTL: one small
-    /// key per lock key ever taken), raised by every acquisition in the same
+    /// counter beside it (`{<key>}:redlease:fence`, or
+    /// `<key>:redlease:fence` for a key with a hash tag, so that it shares
+    /// the key's Redis Cluster slot; without a TTL: one small key per lock
+    /// key ever taken), raised by every acquisition in the same
     /// round trip, by a script instead of a plain `SET NX PX`. Waiters are
     /// woken on release rather than handed the lock directly. Not with
     /// [`fair`](Self::fair) mode. Defaults to `false`.
@@ -366,15 +406,31 @@ impl LockManagerBuilder {
     pub fn build(self) -> Result<LockManager> {
         self.check_settings()?;
         let tls = self.tls_connector()?;
+        let seeds = match self.nodes.as_slice() {
+            [NodeSpec::Cluster(seeds)] => Some(
+                seeds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, seed)| Endpoint::parse(i, seed, tls.as_ref()))
+                    .collect::<Result<Vec<_>>>()?,
+            ),
+            nodes if nodes.iter().any(|n| matches!(n, NodeSpec::Cluster(_))) => {
+                return Err(Error::invalid(
+                    "a cluster is given once, with all its seeds in one .cluster(..), and not beside .node(..) or .sentinel(..)",
+                ));
+            }
+            _ => None,
+        };
         let endpoints = self
             .nodes
             .iter()
             .enumerate()
-            .map(|(i, node)| match node {
-                NodeSpec::Direct(info) => Endpoint::parse(i, info, tls.as_ref()),
+            .filter_map(|(i, node)| match node {
+                NodeSpec::Direct(info) => Some(Endpoint::parse(i, info, tls.as_ref())),
                 NodeSpec::Sentinel { master, sentinels } => {
-                    Endpoint::sentinel(i, master, sentinels, tls.as_ref())
+                    Some(Endpoint::sentinel(i, master, sentinels, tls.as_ref()))
                 }
+                NodeSpec::Cluster(_) => None,
             })
             .collect::<Result<Vec<_>>>()?;
         let timeouts = Timeouts {
@@ -402,16 +458,31 @@ impl LockManagerBuilder {
                 endpoints.len()
             )));
         }
-        let quorum = Quorum::new(endpoints, timeouts, pool, self.drift_factor, self.replicas)?;
+        let route = match seeds {
+            Some(seeds) => Route::Cluster(Box::new(Cluster::new(
+                seeds,
+                timeouts,
+                pool,
+                self.drift_factor,
+                self.replicas,
+            )?)),
+            None => Route::Quorum(Quorum::new(
+                endpoints,
+                timeouts,
+                pool,
+                self.drift_factor,
+                self.replicas,
+            )?),
+        };
         if !self.lazy {
-            quorum.connect(self.preconnect)?;
+            route.connect(self.preconnect)?;
         }
         let limits = Limits {
             max_ttl: self.max_ttl,
             max_key_len: self.max_key_len,
         };
         Ok(LockManager::new(
-            quorum,
+            route,
             self.retry,
             limits,
             self.fair,
@@ -430,6 +501,7 @@ impl LockManagerBuilder {
             NodeSpec::Sentinel { master, sentinels } => {
                 Endpoint::wants_tls(master) || sentinels.iter().any(Endpoint::wants_tls)
             }
+            NodeSpec::Cluster(seeds) => seeds.iter().any(Endpoint::wants_tls),
         }) {
             return self.tls.connector().map(Some);
         }

@@ -183,6 +183,31 @@ impl Endpoint {
         })
     }
 
+    /// The host and port of a TCP address (plain or TLS).
+    pub(crate) fn tcp_addr(&self) -> Option<(&str, u16)> {
+        match &self.addr {
+            Addr::Tcp { host, port, .. } => Some((host, *port)),
+            _ => None,
+        }
+    }
+
+    /// Another server reached as this one is (credentials, TLS, database):
+    /// a cluster's node learnt from its topology.
+    pub(crate) fn at(&self, host: &str, port: u16) -> Endpoint {
+        let tls = match &self.addr {
+            Addr::Tcp { tls, .. } => tls.clone(),
+            _ => None,
+        };
+        Endpoint {
+            addr: Addr::Tcp {
+                host: host.to_owned(),
+                port,
+                tls,
+            },
+            ..self.clone()
+        }
+    }
+
     /// `host:port` (brackets around IPv6 literals) or `unix:/path`: how
     /// nodes are named in errors and logs (no credentials, no database).
     pub(crate) fn name(&self) -> String {

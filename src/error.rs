@@ -242,7 +242,7 @@ impl ServerError {
             ServerError::UnknownCommand
         } else if text.starts_with(b"READONLY") {
             ServerError::ReadOnly
-        } else if text.starts_with(b"WRONGTYPE") {
+        } else if text.starts_with(b"WRONGTYPE") || text.starts_with(b"CROSSSLOT") {
             ServerError::Permanent
         } else {
             ServerError::Transient

@@ -47,7 +47,8 @@ use smallvec::SmallVec;
 use crate::error::Error;
 use crate::lock::INLINE_KEY;
 use crate::observe::Observe;
-use crate::quorum::{Quorum, Renewal};
+use crate::quorum::Renewal;
+use crate::route::Route;
 use crate::script::{RENEW_BATCH, RenewArgs};
 use crate::time;
 use crate::token::Token;
@@ -118,7 +119,7 @@ pub(crate) struct Keeper {
 }
 
 struct Core {
-    quorum: Arc<Quorum>,
+    route: Arc<Route>,
     /// Counts leases found lost (feature `metrics`).
     observe: Arc<Observe>,
     epoch: Instant,
@@ -339,11 +340,11 @@ fn run_on_lost(f: OnLost) {
 }
 
 impl Keeper {
-    pub(crate) fn new(quorum: Arc<Quorum>, observe: Arc<Observe>) -> Keeper {
+    pub(crate) fn new(route: Arc<Route>, observe: Arc<Observe>) -> Keeper {
         let epoch = Instant::now();
         Keeper {
             core: Arc::new(Core {
-                quorum,
+                route,
                 observe,
                 epoch,
                 table: Mutex::new(Table {
@@ -649,9 +650,9 @@ impl Core {
                 callbacks.extend(self.lose(lease, generation, data, None));
                 continue;
             }
-            let Some(token) = &data.token else { continue };
-            work.args.push(&data.key, token, millis(data.ttl));
-            work.ttls.push(data.ttl);
+            if data.token.is_none() {
+                continue;
+            }
             taken.push(Taken {
                 lease,
                 generation,
@@ -663,15 +664,41 @@ impl Core {
             self.after(leftovers, callbacks);
             return;
         }
-        let token = taken[0].data.token.expect("a taken lease has a token");
+        // In a Redis Cluster one script renews keys of one slot: the batch
+        // goes as one call per slot (sorted in place: no allocation).
+        let cluster = self.route.is_cluster();
+        if cluster {
+            taken.sort_unstable_by_key(|t| crate::cluster::slot(&t.data.key));
+        }
         work.outcomes.clear();
         work.outcomes.resize(taken.len(), None);
-        let outcomes = &mut work.outcomes;
-        let op = work.args.op();
-        self.quorum
-            .renew_many(op, &token, &work.ttls, |j, outcome| {
-                outcomes[j] = Some(outcome)
-            });
+        let mut start = 0;
+        while start < taken.len() {
+            let slot = cluster.then(|| crate::cluster::slot(&taken[start].data.key));
+            let end = match slot {
+                Some(slot) => taken[start..]
+                    .iter()
+                    .position(|t| crate::cluster::slot(&t.data.key) != slot)
+                    .map_or(taken.len(), |n| start + n),
+                None => taken.len(),
+            };
+            work.args.clear();
+            work.ttls.clear();
+            for t in &taken[start..end] {
+                let token = t.data.token.as_ref().expect("a taken lease has a token");
+                work.args.push(&t.data.key, token, millis(t.data.ttl));
+                work.ttls.push(t.data.ttl);
+            }
+            let first = &taken[start].data;
+            let token = first.token.expect("a taken lease has a token");
+            let outcomes = &mut work.outcomes[start..end];
+            let op = work.args.op();
+            self.route
+                .renew_many(&first.key, op, &token, &work.ttls, |j, outcome| {
+                    outcomes[j] = Some(outcome)
+                });
+            start = end;
+        }
         let now = Instant::now();
         for (t, outcome) in taken.into_iter().zip(work.outcomes.iter()) {
             let Taken {
@@ -728,7 +755,7 @@ impl Core {
     /// leftovers released (best effort), then their callbacks.
     fn after(&self, leftovers: SmallVec<[Leftover; 2]>, callbacks: SmallVec<[OnLost; 2]>) {
         for (key, token) in leftovers {
-            let _ = self.quorum.release(&key, &token);
+            let _ = self.route.release(&key, &token);
         }
         for f in callbacks {
             run_on_lost(f);

@@ -57,6 +57,7 @@
 #![deny(clippy::print_stdout, clippy::print_stderr)]
 
 mod builder;
+mod cluster;
 mod conn;
 mod endpoint;
 mod error;
@@ -73,6 +74,7 @@ mod quorum;
 mod resp;
 mod retry;
 mod round;
+mod route;
 mod script;
 mod sentinel;
 mod status;

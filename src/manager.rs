@@ -10,8 +10,9 @@ use crate::keeper::{Keeper, LeaseRef};
 use crate::lock::Lock;
 use crate::observe::{Observe, Outcome};
 use crate::probe;
-use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum};
+use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff};
 use crate::retry::RetryPolicy;
+use crate::route::Route;
 use crate::script::FAIR_LEASE_MS;
 use crate::status::Status;
 use crate::time;
@@ -46,7 +47,8 @@ pub struct LockManager {
 /// What every clone shares.
 #[derive(Debug)]
 struct Shared {
-    quorum: Arc<Quorum>,
+    /// The nodes, and which of them a key's lock lives on.
+    route: Arc<Route>,
     /// Keeps locks alive on request; its thread starts with the first.
     keeper: Keeper,
     /// Default cap on how long a kept-alive lock is renewed.
@@ -100,7 +102,7 @@ impl LockManager {
     }
 
     pub(crate) fn new(
-        quorum: Quorum,
+        route: Route,
         retry: RetryPolicy,
         limits: Limits,
         fair: bool,
@@ -108,16 +110,16 @@ impl LockManager {
         max_hold: Option<Duration>,
         fencing: bool,
     ) -> LockManager {
-        let wakeups = Wakeups::new(quorum.nodes(), fair);
-        let quorum = Arc::new(quorum);
+        let wakeups = Wakeups::new(&route.nodes(), fair);
+        let route = Arc::new(route);
         let observe = Arc::new(Observe::default());
         LockManager {
             shared: Arc::new(Shared {
-                keeper: Keeper::new(Arc::clone(&quorum), Arc::clone(&observe)),
+                keeper: Keeper::new(Arc::clone(&route), Arc::clone(&observe)),
                 observe,
                 max_hold,
                 fencing,
-                quorum,
+                route,
                 retry,
                 limits,
                 wakeups,
@@ -127,9 +129,9 @@ impl LockManager {
         }
     }
 
-    /// Number of nodes.
+    /// Number of nodes (in a Redis Cluster, the masters serving slots now).
     pub fn nodes(&self) -> usize {
-        self.shared.quorum.nodes().len()
+        self.shared.route.nodes().len()
     }
 
     /// Each node's health, for an operator's health endpoint or a log line:
@@ -150,9 +152,9 @@ impl LockManager {
     /// # Ok::<(), redlease::Error>(())
     /// ```
     pub fn status(&self) -> Status {
-        let nodes = self
+        let nodes: Vec<_> = self
             .shared
-            .quorum
+            .route
             .nodes()
             .iter()
             .map(|node| {
@@ -163,15 +165,18 @@ impl LockManager {
                 status
             })
             .collect();
-        Status {
-            nodes,
-            quorum: self.shared.quorum.needed(),
-        }
+        // In a cluster every master is needed: each serves its own slots.
+        let quorum = if self.shared.route.is_cluster() {
+            nodes.len()
+        } else {
+            self.shared.route.needed()
+        };
+        Status { nodes, quorum }
     }
 
     /// Votes needed for a lock: a strict majority of the nodes.
     pub fn quorum(&self) -> usize {
-        self.shared.quorum.needed()
+        self.shared.route.needed()
     }
 
     /// Makes one attempt to take the lock on `key` for `ttl`; never waits for
@@ -371,13 +376,13 @@ impl LockManager {
                 // Cannot happen (a key handed over was never free for us to
                 // take), but a lock must never be left behind.
                 Waited::Got(_) => {
-                    let _ = self.shared.quorum.release(key, &handed.0);
+                    let _ = self.shared.route.release(key, &handed.0);
                 }
                 _ => waited = Waited::Got(self.handed(key, ttl, handed, attempts)),
             }
         }
         if let (Some(token), false) = (fair_token, matches!(waited, Waited::Got(_))) {
-            self.shared.quorum.fair_leave(key, &token);
+            self.shared.route.fair_leave(key, &token);
         }
         waited
     }
@@ -425,7 +430,7 @@ impl LockManager {
             Some(token) => token,
             None => Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?,
         };
-        match self.shared.quorum.acquire(key, &token, ttl, how)? {
+        match self.shared.route.acquire(key, &token, ttl, how)? {
             Acquired::Granted { valid_until, fence } => Ok(Ok(Lock::new(
                 self.clone(),
                 key,
@@ -446,7 +451,7 @@ impl LockManager {
         token: &Token,
         ttl: Duration,
     ) -> Result<Instant, ExtendFailed> {
-        self.shared.quorum.extend(key, token, ttl)
+        self.shared.route.extend(key, token, ttl)
     }
 
     /// Starts keeping a lock alive, for at most `max_hold` from now; for
@@ -473,7 +478,7 @@ impl LockManager {
     /// Confirms a fence over the quorum; for [`Lock::fence`]. Returns when
     /// the last reply came.
     pub(crate) fn confirm_fence(&self, key: &[u8], token: &Token, fence: u64) -> Result<Instant> {
-        self.shared.quorum.confirm_fence(key, token, fence)
+        self.shared.route.confirm_fence(key, token, fence)
     }
 
     /// A kept-alive lock's next renewal moved (an explicit extend).
@@ -495,7 +500,7 @@ impl LockManager {
         // A lock handed over would come without a fence of its own: in
         // fencing mode waiters are woken and take it themselves.
         // Nor when grants wait for replicas: a handoff would not wait.
-        let handoff = (!shared.fencing && !shared.quorum.waits_for_replicas())
+        let handoff = (!shared.fencing && !shared.route.waits_for_replicas())
             .then(|| shared.wakeups.claim(key))
             .flatten();
         if let Some(handoff) = handoff {
@@ -503,14 +508,14 @@ impl LockManager {
             // dropped, and the waiter tries by itself.
             if let Ok(theirs) = Token::random() {
                 let started = observing();
-                match shared.quorum.handoff(key, token, &theirs, handoff.ttl()) {
+                match shared.route.handoff(key, token, &theirs, handoff.ttl()) {
                     HandedOff::Granted { valid_until } => {
                         if let Some(started) = started {
                             shared.observe.handed_off(started.elapsed());
                         }
                         if !handoff.deliver(Some((theirs, valid_until))) {
                             // The waiter is gone: let its lock go.
-                            let _ = shared.quorum.release(key, &theirs);
+                            let _ = shared.route.release(key, &theirs);
                         }
                         return Ok(true);
                     }
@@ -521,7 +526,7 @@ impl LockManager {
                 }
             }
         }
-        let released = shared.quorum.release(key, token);
+        let released = shared.route.release(key, token);
         if let Ok(true) = released {
             shared.wakeups.released(key, token);
         }
@@ -536,7 +541,7 @@ impl LockManager {
 
     /// The clock-drift allowance for `ttl`.
     pub(crate) fn drift(&self, ttl: Duration) -> Duration {
-        self.shared.quorum.drift(ttl)
+        self.shared.route.drift(ttl)
     }
 
     /// Validates a key and a TTL; returns the TTL in whole milliseconds.
@@ -549,6 +554,16 @@ impl LockManager {
             return Err(Error::invalid(format!(
                 "key is {} bytes, over the {max_key_len} byte cap",
                 key.len(),
+            )));
+        }
+        let shared = &*self.shared;
+        if (shared.fencing || shared.fair)
+            && shared.route.is_cluster()
+            && !crate::cluster::companions_fit(key)
+        {
+            return Err(Error::invalid(format!(
+                "key {:?} has a '}}' but no hash tag, so its fence or queue keys cannot share its cluster slot: give it a hash tag ({{…}})",
+                key.escape_ascii().to_string()
             )));
         }
         self.check_ttl(ttl)
@@ -579,7 +594,7 @@ impl LockManager {
 impl fmt::Debug for LockManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockManager")
-            .field("nodes", &self.shared.quorum.nodes())
+            .field("nodes", &self.shared.route.nodes())
             .field("quorum", &self.quorum())
             .field("retry", &self.shared.retry)
             .field("fair", &self.shared.fair)

@@ -60,10 +60,17 @@ pub(crate) fn round_trip(node: &Arc<Node>) -> Option<std::time::Duration> {
 /// it will lock: only what was refused as a command counts. Other errors
 /// (`OOM`, `READONLY`, …) are passing trouble for the lock calls to report.
 /// With `wait` (the manager waits for replicas), `WAIT 0 0` too.
-pub(crate) fn permissions(node: &Arc<Node>, wait: bool) -> Result<(), Error> {
+/// With `tag`, the key carries it as its hash tag (a cluster master must
+/// serve the key's slot).
+pub(crate) fn permissions(node: &Arc<Node>, wait: bool, tag: Option<&[u8]>) -> Result<(), Error> {
     let failed = |failure: Failure| failure.into_error(&node.name);
     let token = Token::random().map_err(|e| Error::RandomSource(e.to_string().into()))?;
     let mut key = b"redlease:probe:".to_vec();
+    if let Some(tag) = tag {
+        key.push(b'{');
+        key.extend_from_slice(tag);
+        key.extend_from_slice(b"}:");
+    }
     key.extend_from_slice(token.as_bytes());
     let ttl = itoa::Buffer::new().format(PROBE_TTL_MS).to_owned();
     let extend = Op::Extend {

@@ -36,6 +36,9 @@ pub(crate) struct Quorum {
     /// Grant only what this many replicas of each granting node
     /// acknowledged within this long (`WAIT`).
     replicas: Option<(u32, Duration)>,
+    /// Every request goes after `ASKING` (a Redis Cluster node importing
+    /// the slot of the keys it is asked about; see `cluster.rs`).
+    asking: bool,
 }
 
 /// Outcome of an acquisition attempt that reached a decision.
@@ -129,13 +132,24 @@ impl Quorum {
                 .into_iter()
                 .map(|e| Arc::new(Node::new(e, timeouts, pool)))
                 .collect(),
-            // Cannot truncate: the builder keeps the factor within [0, 0.5).
-            drift_ppb: (drift_factor * 1e9).round() as u64,
+            drift_ppb: ppb(drift_factor),
             // Capped, so that `start + io_timeout` cannot overflow on the
             // hot path (see `time::FAR`).
             io_timeout: timeouts.io.min(time::FAR),
             replicas,
+            asking: false,
         })
+    }
+
+    /// The same nodes (and pools), every request sent after `ASKING`.
+    pub(crate) fn asking_twin(&self) -> Quorum {
+        Quorum {
+            nodes: self.nodes.clone(),
+            drift_ppb: self.drift_ppb,
+            io_timeout: self.io_timeout,
+            replicas: self.replicas,
+            asking: true,
+        }
     }
 
     /// Whether grants wait for replicas (then a lock is never handed over
@@ -150,6 +164,17 @@ impl Quorum {
     /// server that is not Redis, one server under two addresses), or when
     /// fewer than a quorum answer; an unreachable minority is only logged.
     pub(crate) fn connect(&self, preconnect: usize) -> Result<(), Error> {
+        self.connect_probing(preconnect, None)
+    }
+
+    /// [`connect`](Self::connect), the permission probe's key carrying
+    /// `tag` as its hash tag (a cluster master's probe must stay in a slot
+    /// it serves).
+    pub(crate) fn connect_probing(
+        &self,
+        preconnect: usize,
+        tag: Option<&[u8]>,
+    ) -> Result<(), Error> {
         let results: Vec<Result<Option<[u8; 40]>, Error>> = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .nodes
@@ -165,7 +190,7 @@ impl Quorum {
                                 message: "INFO server was refused or gave no uptime, and the restart quarantine needs it to see when the server started: allow +info, or build with .restart_quarantine(false)".into(),
                             });
                         }
-                        probe::permissions(node, self.replicas.is_some())?;
+                        probe::permissions(node, self.replicas.is_some(), tag)?;
                         node.preconnect(preconnect).map_err(failed)?;
                         Ok(run_id)
                     })
@@ -239,8 +264,7 @@ impl Quorum {
     /// year of milliseconds times a factor under 0.5 in parts per billion
     /// stays below `u64::MAX` (and saturates if it did not).
     pub(crate) fn drift(&self, ttl: Duration) -> Duration {
-        let nanos = millis(ttl).saturating_mul(self.drift_ppb) / 1_000;
-        Duration::from_nanos(nanos) + DRIFT_FIXED
+        drift(self.drift_ppb, ttl)
     }
 
     fn all(&self) -> Mask {
@@ -257,7 +281,7 @@ impl Quorum {
     /// where they are used and run in place: a round is a few hundred
     /// bytes, and moving it would cost the hot path copies.)
     fn round<'q>(&'q self, op: Op<'q>, key: &'q [u8], token: &'q Token) -> Round<'q> {
-        Round::new(&self.nodes, self.io_timeout, op, key, token)
+        Round::new(&self.nodes, self.io_timeout, op, key, token, self.asking)
     }
 
     /// One acquisition attempt. On anything but success, whatever it may
@@ -485,14 +509,15 @@ impl Quorum {
     /// [`extend`](Self::extend), so that the same invariant holds: a lock's
     /// validity never exceeds what a majority could hold. `token` is any of
     /// the batch's tokens (a round's clean-up would use it; a renewal has
-    /// none).
+    /// none). Returns the error a failed node gave, if one did (with one
+    /// node, a cluster master's redirection).
     pub(crate) fn renew_many(
         &self,
         op: Op<'_>,
         token: &Token,
         ttls: &[Duration],
         mut each: impl FnMut(usize, Renewal),
-    ) {
+    ) -> Option<Error> {
         let mut answers = [0u64; MAX_NODES];
         let mut round = self.round(op, b"", token);
         round.record_each(&mut answers[..self.nodes.len()]);
@@ -515,6 +540,10 @@ impl Quorum {
             };
             each(j, outcome);
         }
+        round
+            .into_tally()
+            .first_failure
+            .map(|(i, failure)| failure.into_error(&self.nodes[i].name))
     }
 
     /// The error for an undecided operation. With one node, that node's own
@@ -533,6 +562,19 @@ impl Quorum {
             },
         }
     }
+}
+
+/// A drift factor in parts per billion.
+pub(crate) fn ppb(drift_factor: f64) -> u64 {
+    // Cannot truncate: the builder keeps the factor within [0, 0.5).
+    (drift_factor * 1e9).round() as u64
+}
+
+/// The clock-drift allowance for `ttl` at `drift_ppb` (see
+/// [`Quorum::drift`]).
+pub(crate) fn drift(drift_ppb: u64, ttl: Duration) -> Duration {
+    let nanos = millis(ttl).saturating_mul(drift_ppb) / 1_000;
+    Duration::from_nanos(nanos) + DRIFT_FIXED
 }
 
 /// Refuses a server listed twice, by name or by a resolved address.

@@ -33,6 +33,7 @@ use smallvec::SmallVec;
 
 use crate::error::{Failure, ServerError};
 use crate::node::{Checkout, Node, Take};
+use crate::resp;
 use crate::script::{Form, Op, Vote};
 use crate::time;
 use crate::token::Token;
@@ -122,6 +123,9 @@ pub(crate) struct Round<'q> {
     io_timeout: Duration,
     slots: Slots<'q>,
     tally: Tally,
+    /// Every request goes after `ASKING` (a Redis Cluster key being
+    /// migrated to this node: see `cluster.rs`).
+    asking: bool,
     /// Nodes whose request went again on a new connection.
     resent: Mask,
     /// Nodes whose request may have been applied but whose connection is
@@ -144,6 +148,7 @@ impl<'q> Round<'q> {
         op: Op<'q>,
         key: &'q [u8],
         token: &'q Token,
+        asking: bool,
     ) -> Round<'q> {
         Round {
             nodes,
@@ -151,6 +156,7 @@ impl<'q> Round<'q> {
             key,
             token,
             io_timeout,
+            asking,
             slots: Slots::new(),
             tally: Tally::new(Instant::now()),
             resent: 0,
@@ -198,8 +204,7 @@ impl<'q> Round<'q> {
                 match checkout {
                     Ok(mut conn) => {
                         slow |= conn.slow;
-                        self.op
-                            .encode(conn.request(), self.key, self.token, Form::Sha);
+                        self.put(&mut conn, self.op, self.token, Form::Sha);
                         slot = Some(conn);
                     }
                     Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
@@ -208,6 +213,25 @@ impl<'q> Round<'q> {
             self.slots.push(slot);
         }
         slow
+    }
+
+    /// Encodes `op` into the connection's request, after `ASKING` if the
+    /// round asks.
+    #[inline]
+    fn put(&self, conn: &mut Checkout<'_>, op: Op<'_>, token: &Token, form: Form) {
+        // `request()` starts an empty request: one call for both.
+        let buf = conn.request();
+        if self.asking {
+            resp::encode(buf, &[b"ASKING"]);
+        }
+        op.encode(buf, self.key, token, form);
+    }
+
+    /// Writes what [`put`](Self::put) encoded: one command, or two with
+    /// `ASKING` (whose `+OK` the reply's read skips).
+    #[inline]
+    fn send(&self, conn: &mut Checkout<'_>) -> Result<(), Failure> {
+        conn.send_many(1 + u32::from(self.asking))
     }
 
     /// The connection, unless the operation could grant a lock and its
@@ -254,9 +278,10 @@ impl<'q> Round<'q> {
     /// a reply.
     fn scatter(&mut self, redos: &mut Redos) -> Mask {
         let mut pending = 0;
+        let commands = 1 + u32::from(self.asking);
         for (i, slot) in self.slots.iter_mut().enumerate() {
             let Some(conn) = slot else { continue };
-            match conn.send() {
+            match conn.send_many(commands) {
                 Ok(()) => pending |= 1 << i,
                 Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
                 Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
@@ -332,12 +357,13 @@ impl<'q> Round<'q> {
                         "redlease: script missing on {}, sending its source",
                         self.nodes[i].name
                     );
-                    let Some(conn) = self.slots[i].as_mut() else {
+                    let Some(mut conn) = self.slots[i].take() else {
                         continue;
                     };
-                    self.op
-                        .encode(conn.request(), self.key, self.token, Form::Source);
-                    conn.send()
+                    self.put(&mut conn, self.op, self.token, Form::Source);
+                    let sent = self.send(&mut conn);
+                    self.slots[i] = Some(conn);
+                    sent
                 }
                 Redo::Reconnect => {
                     // Give back the dead connection before asking for a new
@@ -355,13 +381,8 @@ impl<'q> Round<'q> {
                             .checkout(Take::Fresh { budget })
                             .and_then(|conn| self.may_vote(conn))
                             .and_then(|mut conn| {
-                                self.op.resent().encode(
-                                    conn.request(),
-                                    self.key,
-                                    self.token,
-                                    Form::Sha,
-                                );
-                                conn.send()?;
+                                self.put(&mut conn, self.op.resent(), self.token, Form::Sha);
+                                self.send(&mut conn)?;
                                 self.slots[i] = Some(conn);
                                 self.orphans &= !(1 << i);
                                 self.resent |= 1 << i;
@@ -462,13 +483,18 @@ impl<'q> Round<'q> {
             }
         }
         let mut pending = 0;
-        for (i, slot) in self.slots.iter_mut().enumerate() {
-            let Some(conn) = slot.as_mut().filter(|_| skip & (1 << i) == 0) else {
+        for i in 0..self.slots.len() {
+            if skip & (1 << i) != 0 {
+                continue;
+            }
+            let Some(mut conn) = self.slots[i].take() else {
                 continue;
             };
             // By source, so that no NOSCRIPT round is needed.
-            Op::Release.encode(conn.request(), self.key, token, Form::Source);
-            if conn.send().is_ok() {
+            self.put(&mut conn, Op::Release, token, Form::Source);
+            let sent = self.send(&mut conn).is_ok();
+            let conn = self.slots[i].insert(conn);
+            if sent {
                 if conn.is_broken() {
                     conn.discard_arrived();
                 } else {

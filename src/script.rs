@@ -9,7 +9,8 @@
 //! spliced into Lua. Values stay what other clients expect (our token, with
 //! a TTL); what waiting adds lives beside the lock key, never in its value:
 //! a message on the channel `redlease:wake:<key>` when a lock is released,
-//! and, in fair mode only, a queue under `<key>:redlease:…`.
+//! and, in fair mode only, a queue under `{<key>}:redlease:…` (named by
+//! [`companion`], in the key's cluster slot).
 
 use std::sync::LazyLock;
 
@@ -443,7 +444,7 @@ impl<'a> Op<'a> {
         };
         buf.extend_from_slice(script.head(form));
         resp::put_bulk(buf, key);
-        put_bulk_parts(buf, key, FENCE_SUFFIX);
+        put_companion(buf, key, FENCE_SUFFIX);
         resp::put_bulk(buf, token.as_bytes());
         let mut num = itoa::Buffer::new();
         match self {
@@ -466,7 +467,7 @@ impl<'a> Op<'a> {
         buf.extend_from_slice(script.head(form));
         resp::put_bulk(buf, key);
         for suffix in FAIR_SUFFIXES {
-            put_bulk_parts(buf, key, suffix);
+            put_companion(buf, key, suffix);
         }
         resp::put_bulk(buf, token.as_bytes());
         if let Op::FairAcquire { ttl_ms, enqueue } = self {
@@ -594,17 +595,40 @@ impl RenewArgs {
     }
 }
 
-/// Appends one bulk string made of two parts.
-fn put_bulk_parts(buf: &mut BytesMut, first: &[u8], second: &[u8]) {
+/// Whether `key`'s companion keys are named `{<key>}<suffix>`: when it
+/// has no hash tag of its own and none of its bytes would end the tag
+/// early. Else `<key><suffix>`, which keeps a key's hash tag.
+fn wraps(key: &[u8]) -> bool {
+    crate::cluster::hash_tag(key).is_none() && !key.contains(&b'}')
+}
+
+/// The name of one of `key`'s companion keys (its fence counter, its fair
+/// queue's keys): `<key><suffix>` for a key with a hash tag, else
+/// `{<key>}<suffix>`, so that in a Redis Cluster it hashes to the lock's
+/// own slot (see [`crate::cluster::companions_fit`] for the one kind of key
+/// where no name can).
+pub(crate) fn companion(key: &[u8], suffix: &[u8]) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    put_companion(&mut buf, key, suffix);
+    let start = buf.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    buf[start..buf.len() - 2].to_vec()
+}
+
+/// Appends [`companion`]`(key, suffix)` as one bulk string.
+fn put_companion(buf: &mut BytesMut, key: &[u8], suffix: &[u8]) {
+    let wrap = wraps(key);
+    let len = key.len() + suffix.len() + if wrap { 2 } else { 0 };
     buf.put_u8(b'$');
-    buf.put_slice(
-        itoa::Buffer::new()
-            .format(first.len() + second.len())
-            .as_bytes(),
-    );
+    buf.put_slice(itoa::Buffer::new().format(len).as_bytes());
     buf.put_slice(b"\r\n");
-    buf.put_slice(first);
-    buf.put_slice(second);
+    if wrap {
+        buf.put_u8(b'{');
+        buf.put_slice(key);
+        buf.put_u8(b'}');
+    } else {
+        buf.put_slice(key);
+    }
+    buf.put_slice(suffix);
     buf.put_slice(b"\r\n");
 }
 
@@ -691,7 +715,7 @@ mod tests {
                     let scripts = &*SCRIPTS;
                     let verb: &[u8] = if full { b"EVAL" } else { b"EVALSHA" };
                     let fair_keys: Vec<Vec<u8>> =
-                        FAIR_SUFFIXES.iter().map(|s| [key, s].concat()).collect();
+                        FAIR_SUFFIXES.iter().map(|s| companion(key, s)).collect();
                     let lease = FAIR_LEASE_MS.to_string();
                     let fair = |script, extra: &[&'static [u8]]| -> Vec<Vec<u8>> {
                         let mut args: Vec<Vec<u8>> = vec![

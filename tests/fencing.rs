@@ -86,7 +86,7 @@ fn quorum_fences_need_the_write_back() {
     let ahead = (now_micros() + 1_000_000_000_000).to_string();
     let run = |write_back: bool| -> (u64, u64) {
         let key = if write_back { "wb" } else { "raw" };
-        let fence_key = format!("{key}:redlease:fence");
+        let fence_key = format!("{{{key}}}:redlease:fence");
         let _: () = servers[0].cmd(&[b"SET", fence_key.as_bytes(), ahead.as_bytes()]);
         let locks = support::manager_with(urls(), fencing());
         // A: node 3 is held by someone else.

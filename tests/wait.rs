@@ -324,7 +324,7 @@ fn fair_mode_serves_in_order() {
     thread::scope(|s| {
         let queued = s.spawn(|| fair.lock("q", TTL).expect("lock"));
         support::eventually(Duration::from_secs(5), "a waiter queued", || {
-            server.cmd::<i64>(&[b"ZCARD", b"q:redlease:queue"]) == 1
+            server.cmd::<i64>(&[b"ZCARD", b"{q}:redlease:queue"]) == 1
         });
         assert!(lock.release().expect("release"));
         // The queued waiter is woken and takes it; meanwhile a newcomer's
@@ -350,8 +350,8 @@ fn fair_mode_skips_dead_waiters() {
         time[0].parse::<u64>().expect("secs") * 1000 + time[1].parse::<u64>().expect("µs") / 1000
     };
     let lease = (now_ms + 250).to_string();
-    let _: () = server.cmd(&[b"ZADD", b"z:redlease:queue", b"0", b"dead"]);
-    let _: () = server.cmd(&[b"ZADD", b"z:redlease:leases", lease.as_bytes(), b"dead"]);
+    let _: () = server.cmd(&[b"ZADD", b"{z}:redlease:queue", b"0", b"dead"]);
+    let _: () = server.cmd(&[b"ZADD", b"{z}:redlease:leases", lease.as_bytes(), b"dead"]);
     thread::scope(|s| {
         let waiter = s.spawn(|| {
             let started = Instant::now();
@@ -368,7 +368,7 @@ fn fair_mode_skips_dead_waiters() {
             "a dead waiter stalled the queue for {took:?}"
         );
     });
-    let left: i64 = server.cmd(&[b"ZCARD", b"z:redlease:queue"]);
+    let left: i64 = server.cmd(&[b"ZCARD", b"{z}:redlease:queue"]);
     assert_eq!(left, 0, "the dead waiter was not dropped");
 }
 

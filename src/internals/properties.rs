@@ -202,9 +202,9 @@ pub fn roundtrip(data: &[u8]) {
     };
     let fair_keys: Vec<Vec<u8>> = crate::script::FAIR_SUFFIXES
         .iter()
-        .map(|suffix| [key, suffix].concat())
+        .map(|suffix| crate::script::companion(key, suffix))
         .collect();
-    let fence_key = [key, crate::script::FENCE_SUFFIX].concat();
+    let fence_key = crate::script::companion(key, crate::script::FENCE_SUFFIX);
     let t = token.as_bytes();
     let expected: Vec<&[u8]> = match op {
         Op::Acquire { .. } => vec![b"SET", key, t, b"NX", b"PX", &ttl_text],

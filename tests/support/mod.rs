@@ -8,6 +8,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 pub mod alloc;
+pub mod cluster;
 pub mod fake;
 pub mod oracle;
 pub mod proxy;

@@ -1,0 +1,774 @@
+//! Redis Cluster: every key's lock lives on the master that owns the key's
+//! hash slot, as a single-node lock there (the cluster's masters are not
+//! independent Redlock voters: each slot has exactly one). This file owns
+//! the slot table and how it changes; what a lock does on its master is
+//! `quorum.rs`, as for one node.
+//!
+//! - **Routing:** CRC16 of the key (of its hash tag, `{…}`, when it has
+//!   one) picks one of 16,384 slots, and the table its master. The table is
+//!   read under a shared lock for one array index and an `Arc` clone.
+//! - **Redirections**, followed inside the call, never shown to the user
+//!   unless they do not stop: `MOVED` (the slot has a new master: the table
+//!   learns it at once, and the whole topology is asked again), `ASK` (the
+//!   slot is being migrated and this key is already at the target: the same
+//!   operation again there, preceded by `ASKING` on the same connection),
+//!   `TRYAGAIN` (a multi-key script met a half-migrated key set) and
+//!   `CLUSTERDOWN` (no master for the slot yet): again after a short sleep.
+//!   A redirected request was not executed (the server refused it before
+//!   running it), so sending it elsewhere cannot apply it twice.
+//! - **Topology** comes from `CLUSTER NODES` (one bulk string), asked of the
+//!   known nodes in turn: at build, after a `MOVED`, and after a connection
+//!   failure on a master (a failover may have happened), at most once per
+//!   [`REFRESH_GAP`].
+//! - **Failover** (a replica promoted to master): the replica may not have
+//!   received every lock its old master granted (replication is
+//!   asynchronous), so a master that was a replica in the previous topology
+//!   gets the restart quarantine (`max_ttl` and its drift) before it grants,
+//!   like a restarted node. A manager that never saw it as a replica cannot
+//!   know; `wait_for_replicas` narrows that window as with Sentinel.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::conn::Timeouts;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Failure};
+use crate::node::{Node, NodeConfig, Take};
+use crate::quorum::Quorum;
+use crate::resp::{self, Reply};
+use crate::time;
+
+/// Hash slots in a Redis Cluster.
+pub(crate) const SLOTS: usize = 16_384;
+
+/// Most redirections one operation follows before its error is returned.
+const MAX_HOPS: u32 = 8;
+
+/// Least time between two topology refreshes.
+pub(crate) const REFRESH_GAP: Duration = Duration::from_millis(100);
+
+/// A slot without a known master.
+const NO_OWNER: u16 = u16::MAX;
+
+/// The part of a key that picks its slot: the hash tag, the bytes between
+/// the first `{` and the first `}` after it, when there are some; else the
+/// whole key (Redis's rule).
+pub(crate) fn hash_tag(key: &[u8]) -> Option<&[u8]> {
+    let open = key.iter().position(|&b| b == b'{')?;
+    let len = key[open + 1..].iter().position(|&b| b == b'}')?;
+    (len > 0).then(|| &key[open + 1..open + 1 + len])
+}
+
+/// The key's hash slot: CRC16 (XMODEM) of its hash tag or of itself, the
+/// same crate redis-rs uses.
+pub(crate) fn slot(key: &[u8]) -> u16 {
+    let hashed = hash_tag(key).unwrap_or(key);
+    crc16::State::<crc16::XMODEM>::calculate(hashed) & (SLOTS as u16 - 1)
+}
+
+/// Whether a lock's companion keys (fence counter, fair queue), named
+/// `<key><suffix>` or `{<key>}<suffix>`, can share its slot: always,
+/// except for a key with a `}` and no hash tag (no tag could hold it).
+pub(crate) fn companions_fit(key: &[u8]) -> bool {
+    hash_tag(key).is_some() || !key.contains(&b'}')
+}
+
+/// What a server's error reply asks of a cluster client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Redirect {
+    /// The slot moved to this master for good.
+    Moved { slot: u16, host: String, port: u16 },
+    /// Ask this node, this once, preceded by `ASKING`.
+    Ask { host: String, port: u16 },
+    /// `TRYAGAIN` or `CLUSTERDOWN`: the same again shortly.
+    Later,
+}
+
+/// Reads a redirection from an error reply's text; `from` is the host of
+/// the node that said it, for addresses given without one (`:6380`).
+fn redirect(message: &str, from: &str) -> Option<Redirect> {
+    if message.starts_with("TRYAGAIN") || message.starts_with("CLUSTERDOWN") {
+        return Some(Redirect::Later);
+    }
+    let mut words = message.split_ascii_whitespace();
+    let verb = words.next()?;
+    let slot: u16 = words
+        .next()?
+        .parse()
+        .ok()
+        .filter(|&s| usize::from(s) < SLOTS)?;
+    let (host, port) = host_port(words.next()?, from)?;
+    match verb {
+        "MOVED" => Some(Redirect::Moved { slot, host, port }),
+        "ASK" => Some(Redirect::Ask { host, port }),
+        _ => None,
+    }
+}
+
+/// `host:port` (IPv6 hosts have colons: the port is after the last one);
+/// an empty host is `from`'s.
+fn host_port(addr: &str, from: &str) -> Option<(String, u16)> {
+    let (host, port) = addr.rsplit_once(':')?;
+    let port = port.parse().ok().filter(|&p| p != 0)?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let host = if host.is_empty() { from } else { host };
+    Some((host.to_owned(), port))
+}
+
+/// One node of `CLUSTER NODES`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Listed {
+    host: String,
+    port: u16,
+    master: bool,
+    /// Slot ranges it serves, inclusive (migration entries left out).
+    slots: Vec<(u16, u16)>,
+}
+
+/// Parses `CLUSTER NODES`: one line per node, `<id> <ip:port@cport[,hostname]>
+/// <flags> <master> <ping> <pong> <epoch> <link> <slot>…`. `from` is the
+/// host asked (a node that does not know its own address says `:port`).
+/// Nodes flagged `noaddr` or `handshake` are left out.
+fn parse_nodes(text: &[u8], from: &str) -> Result<Vec<Listed>, &'static str> {
+    let text = std::str::from_utf8(text).map_err(|_| "CLUSTER NODES is not UTF-8")?;
+    let mut listed = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let fields: Vec<&str> = line.split_ascii_whitespace().collect();
+        if fields.len() < 8 {
+            return Err("a CLUSTER NODES line has fewer than 8 fields");
+        }
+        let flags: Vec<&str> = fields[2].split(',').collect();
+        if flags.iter().any(|f| matches!(*f, "noaddr" | "handshake")) {
+            continue;
+        }
+        let addr = fields[1].split(['@', ',']).next().unwrap_or("");
+        let (host, port) =
+            host_port(addr, from).ok_or("a CLUSTER NODES address is not host:port")?;
+        let mut slots = Vec::new();
+        for range in &fields[8..] {
+            if range.starts_with('[') {
+                continue; // a slot being migrated or imported
+            }
+            let (a, b) = range.split_once('-').unwrap_or((range, range));
+            let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) else {
+                return Err("a CLUSTER NODES slot is not a number");
+            };
+            if a > b || usize::from(b) >= SLOTS {
+                return Err("a CLUSTER NODES slot range is out of bounds");
+            }
+            slots.push((a, b));
+        }
+        listed.push(Listed {
+            host,
+            port,
+            master: flags.contains(&"master"),
+            slots,
+        });
+    }
+    if listed.is_empty() {
+        return Err("CLUSTER NODES listed no node");
+    }
+    Ok(listed)
+}
+
+/// One server the manager knows in the cluster, master or not: its lock
+/// quorum of one, and a twin of it that sends `ASKING` first (both over
+/// the same node and pool).
+struct Shard {
+    host: String,
+    port: u16,
+    direct: Arc<Quorum>,
+    asking: Arc<Quorum>,
+}
+
+impl Shard {
+    fn node(&self) -> &Arc<Node> {
+        &self.direct.nodes()[0]
+    }
+}
+
+/// The slot table.
+struct Map {
+    /// Each slot's master, an index into `shards`, or [`NO_OWNER`].
+    owner: Box<[u16]>,
+    /// Every server seen, in the order seen; never removed (a server that
+    /// left keeps its pool until the manager goes, and owns no slot).
+    shards: Vec<Shard>,
+    /// Servers seen as replicas and not seen serving slots since, to
+    /// recognise a promotion.
+    replicas: HashSet<(String, u16)>,
+}
+
+impl Map {
+    fn find(&self, host: &str, port: u16) -> Option<usize> {
+        self.shards
+            .iter()
+            .position(|s| s.port == port && s.host.eq_ignore_ascii_case(host))
+    }
+}
+
+/// What every new node is made with.
+struct Template {
+    seed: Endpoint,
+    timeouts: Timeouts,
+    pool: NodeConfig,
+    drift_factor: f64,
+    replicas: Option<(u32, Duration)>,
+}
+
+/// A lock manager's view of one Redis Cluster.
+pub(crate) struct Cluster {
+    template: Template,
+    /// See `Quorum`'s: the same for every master.
+    drift_ppb: u64,
+    map: RwLock<Map>,
+    /// When the topology was last asked for (held while asking: one
+    /// refresh at a time).
+    refreshed: Mutex<Option<Instant>>,
+    /// A refresh was asked for and skipped (too soon after the last, or
+    /// another under way): the next operation asks again.
+    pending: AtomicBool,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let map = self.map.read();
+        f.debug_struct("Cluster")
+            .field(
+                "nodes",
+                &map.shards
+                    .iter()
+                    .map(|s| &s.node().name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// A cluster known by its seed nodes (any of its servers; the rest is
+    /// discovered). Connects to nothing yet.
+    pub(crate) fn new(
+        seeds: Vec<Endpoint>,
+        timeouts: Timeouts,
+        pool: NodeConfig,
+        drift_factor: f64,
+        replicas: Option<(u32, Duration)>,
+    ) -> Result<Cluster, Error> {
+        let Some(first) = seeds.first() else {
+            return Err(Error::invalid("cluster: no seed node given"));
+        };
+        if seeds.iter().any(|s| s.db != 0) {
+            return Err(Error::invalid(
+                "cluster: Redis Cluster has database 0 only; drop the /db from the seed addresses",
+            ));
+        }
+        let cluster = Cluster {
+            drift_ppb: crate::quorum::ppb(drift_factor),
+            template: Template {
+                seed: first.clone(),
+                timeouts,
+                pool,
+                drift_factor,
+                replicas,
+            },
+            map: RwLock::new(Map {
+                owner: vec![NO_OWNER; SLOTS].into_boxed_slice(),
+                shards: Vec::new(),
+                replicas: HashSet::new(),
+            }),
+            refreshed: Mutex::new(None),
+            pending: AtomicBool::new(false),
+        };
+        {
+            let mut map = cluster.map.write();
+            for seed in seeds {
+                let Some((host, port)) = seed.tcp_addr() else {
+                    return Err(Error::invalid(
+                        "cluster: seed nodes are redis:// or rediss:// addresses (a cluster names its nodes by IP and port)",
+                    ));
+                };
+                let (host, port) = (host.to_owned(), port);
+                if map.find(&host, port).is_some() {
+                    return Err(Error::invalid(format!(
+                        "cluster: seed {} is listed twice",
+                        seed.name()
+                    )));
+                }
+                let shard = cluster.shard(seed, host, port)?;
+                map.shards.push(shard);
+            }
+        }
+        Ok(cluster)
+    }
+
+    /// A shard for a server at `host:port`, reached as `endpoint`.
+    fn shard(&self, endpoint: Endpoint, host: String, port: u16) -> Result<Shard, Error> {
+        let t = &self.template;
+        let direct = Quorum::new(
+            vec![endpoint],
+            t.timeouts,
+            t.pool,
+            t.drift_factor,
+            t.replicas,
+        )?;
+        let asking = direct.asking_twin();
+        Ok(Shard {
+            host,
+            port,
+            direct: Arc::new(direct),
+            asking: Arc::new(asking),
+        })
+    }
+
+    /// The shard at `host:port`, made (with the seeds' credentials and
+    /// TLS) if it is new.
+    fn shard_at(&self, map: &mut Map, host: &str, port: u16) -> Result<usize, Error> {
+        if let Some(i) = map.find(host, port) {
+            return Ok(i);
+        }
+        if map.shards.len() >= usize::from(NO_OWNER) {
+            return Err(Error::invalid("cluster: too many nodes"));
+        }
+        let endpoint = self.template.seed.at(host, port);
+        let shard = self.shard(endpoint, host.to_owned(), port)?;
+        map.shards.push(shard);
+        Ok(map.shards.len() - 1)
+    }
+
+    /// Learns the topology (it must answer) and connects to every master
+    /// as `Quorum::connect` does for a node: who it is, what the user may
+    /// run (on a key of a slot it serves), `preconnect` connections.
+    pub(crate) fn connect(&self, preconnect: usize) -> Result<(), Error> {
+        self.refresh_now()?;
+        let masters: Vec<(Arc<Quorum>, u16)> = {
+            let map = self.map.read();
+            let mut first_slot = vec![None; map.shards.len()];
+            for (slot, &owner) in map.owner.iter().enumerate() {
+                if owner != NO_OWNER {
+                    first_slot[usize::from(owner)].get_or_insert(slot as u16);
+                }
+            }
+            first_slot
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| s.map(|s| (Arc::clone(&map.shards[i].direct), s)))
+                .collect()
+        };
+        if masters.is_empty() {
+            return Err(Error::invalid(
+                "cluster: no master serves any slot yet (is the cluster created?)",
+            ));
+        }
+        for (quorum, slot) in masters {
+            quorum.connect_probing(preconnect, Some(&tag_for(slot)))?;
+        }
+        Ok(())
+    }
+
+    /// See `Quorum::drift`.
+    #[inline]
+    pub(crate) fn drift(&self, ttl: Duration) -> Duration {
+        crate::quorum::drift(self.drift_ppb, ttl)
+    }
+
+    pub(crate) fn waits_for_replicas(&self) -> bool {
+        self.template.replicas.is_some()
+    }
+
+    /// Every master that serves a slot, else every server known.
+    pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
+        let map = self.map.read();
+        let mut serving = vec![false; map.shards.len()];
+        for &owner in map.owner.iter() {
+            if owner != NO_OWNER {
+                serving[usize::from(owner)] = true;
+            }
+        }
+        let any = serving.contains(&true);
+        map.shards
+            .iter()
+            .zip(serving)
+            .filter(|(_, s)| *s || !any)
+            .map(|(shard, _)| Arc::clone(shard.node()))
+            .collect()
+    }
+
+    /// The quorum (of one) for `slot` now; an unowned slot goes to the
+    /// first server known, whose `MOVED` or `CLUSTERDOWN` then says more.
+    fn owner(&self, slot: u16) -> Arc<Quorum> {
+        let map = self.map.read();
+        let i = match map.owner[usize::from(slot)] {
+            NO_OWNER => 0,
+            i => usize::from(i),
+        };
+        Arc::clone(&map.shards[i].direct)
+    }
+
+    /// Runs `op` on the master of `key`'s slot, following redirections;
+    /// `error` reads the outcome's error, if it has one. Returns the last
+    /// outcome: the first without a redirection, or the last of
+    /// [`MAX_HOPS`].
+    pub(crate) fn on<T>(
+        &self,
+        key: &[u8],
+        mut op: impl FnMut(&Quorum) -> T,
+        error: impl Fn(&T) -> Option<&Error>,
+    ) -> T {
+        if self.pending.load(Ordering::Relaxed) {
+            self.refresh();
+        }
+        let slot = slot(key);
+        let mut quorum = self.owner(slot);
+        let mut hops = 0;
+        let mut refreshed = false;
+        let mut later: Option<Instant> = None;
+        loop {
+            let out = op(&quorum);
+            let Some(e) = error(&out) else { return out };
+            if hops >= MAX_HOPS {
+                return out;
+            }
+            hops += 1;
+            let next = match e {
+                Error::Server { message, .. } => {
+                    let from = quorum.nodes()[0]
+                        .endpoint()
+                        .tcp_addr()
+                        .map_or("", |(h, _)| h);
+                    match redirect(message, from) {
+                        Some(Redirect::Moved { slot, host, port }) => self.moved(slot, &host, port),
+                        Some(Redirect::Ask { host, port }) => self.asking(&host, port),
+                        // Waits at most one I/O timeout in all, in growing
+                        // naps (a migration's key batch, an election).
+                        Some(Redirect::Later) => {
+                            let began = *later.get_or_insert_with(Instant::now);
+                            let nap = Duration::from_millis(2 << hops.min(6));
+                            let budget = self.template.timeouts.io.saturating_sub(began.elapsed());
+                            if budget.is_zero() {
+                                None
+                            } else {
+                                std::thread::sleep(nap.min(budget));
+                                Some(self.owner(slot))
+                            }
+                        }
+                        None => None,
+                    }
+                }
+                // The master may be gone (a failover): if the topology
+                // says the slot moved, once more at its new master.
+                e if !refreshed && e.is_retryable() && !matches!(e, Error::Quarantined { .. }) => {
+                    refreshed = true;
+                    self.refresh();
+                    let now = self.owner(slot);
+                    (!Arc::ptr_eq(&now, &quorum)).then_some(now)
+                }
+                _ => None,
+            };
+            match next {
+                Some(next) => quorum = next,
+                None => return out,
+            }
+        }
+    }
+
+    /// After a `MOVED`: the slot's new master, learnt at once; then the
+    /// rest of the topology (a migration seldom moves one slot).
+    /// A replica named as a slot's master was promoted: it is quarantined
+    /// before any request goes to it.
+    fn moved(&self, slot: u16, host: &str, port: u16) -> Option<Arc<Quorum>> {
+        let (quorum, promoted) = {
+            let mut map = self.map.write();
+            let i = self.shard_at(&mut map, host, port).ok()?;
+            map.owner[usize::from(slot)] = i as u16;
+            let promoted = map.replicas.remove(&(host.to_ascii_lowercase(), port));
+            (Arc::clone(&map.shards[i].direct), promoted)
+        };
+        if promoted {
+            quarantine_promoted(quorum.nodes()[0].as_ref());
+        }
+        self.refresh();
+        Some(quorum)
+    }
+
+    /// After an `ASK`: the target's twin that sends `ASKING` first.
+    fn asking(&self, host: &str, port: u16) -> Option<Arc<Quorum>> {
+        let mut map = self.map.write();
+        let i = self.shard_at(&mut map, host, port).ok()?;
+        Some(Arc::clone(&map.shards[i].asking))
+    }
+
+    /// Asks for the topology again, unless another thread is asking or it
+    /// was asked within [`REFRESH_GAP`] (then the next operation after the
+    /// gap asks); failures are logged (the next redirection or failure
+    /// asks again).
+    pub(crate) fn refresh(&self) {
+        let Some(mut last) = self.refreshed.try_lock() else {
+            self.pending.store(true, Ordering::Relaxed);
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
+            self.pending.store(true, Ordering::Relaxed);
+            return;
+        }
+        *last = Some(Instant::now());
+        self.pending.store(false, Ordering::Relaxed);
+        if let Err(e) = self.ask_topology() {
+            log::warn!("redlease: cluster topology refresh failed: {e}");
+        }
+    }
+
+    /// Asks for the topology now, waiting for a refresh under way.
+    fn refresh_now(&self) -> Result<(), Error> {
+        let mut last = self.refreshed.lock();
+        *last = Some(Instant::now());
+        self.pending.store(false, Ordering::Relaxed);
+        self.ask_topology()
+    }
+
+    /// `CLUSTER NODES` from the first known server that answers (those
+    /// serving slots first), then the table rebuilt from it.
+    fn ask_topology(&self) -> Result<(), Error> {
+        let candidates: Vec<(Arc<Node>, String)> = {
+            let nodes = self.nodes();
+            let map = self.map.read();
+            let mut all: Vec<(Arc<Node>, String)> = nodes
+                .iter()
+                .filter_map(|n| {
+                    let shard = map.shards.iter().find(|s| Arc::ptr_eq(s.node(), n))?;
+                    Some((Arc::clone(n), shard.host.clone()))
+                })
+                .collect();
+            for shard in &map.shards {
+                if !all.iter().any(|(n, _)| Arc::ptr_eq(n, shard.node())) {
+                    all.push((Arc::clone(shard.node()), shard.host.clone()));
+                }
+            }
+            all
+        };
+        let mut first_error = None;
+        for (node, host) in candidates {
+            match ask_nodes(&node).map_err(|f| f.into_error(&node.name)) {
+                Ok(text) => match parse_nodes(&text, &host) {
+                    Ok(listed) => return self.adopt(&listed),
+                    Err(detail) => {
+                        first_error.get_or_insert(Error::Protocol {
+                            node: Arc::clone(&node.name),
+                            detail,
+                        });
+                    }
+                },
+                // Not a cluster, wrong password: these do not heal.
+                Err(e @ (Error::Auth { .. } | Error::Permission { .. } | Error::Tls { .. })) => {
+                    return Err(e);
+                }
+                Err(Error::Server { node, message })
+                    if message.contains("cluster support disabled") =>
+                {
+                    return Err(Error::invalid(format!(
+                        "cluster: {node} is not in cluster mode ({message}); use .node() for a standalone server"
+                    )));
+                }
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| Error::invalid("cluster: no node known")))
+    }
+
+    /// Makes `listed` the topology. A master that was a replica in the
+    /// previous one was promoted by a failover: it may lack locks its old
+    /// master granted, so it starts its restart quarantine.
+    fn adopt(&self, listed: &[Listed]) -> Result<(), Error> {
+        let mut promoted = Vec::new();
+        let mut map = self.map.write();
+        let mut owner = vec![NO_OWNER; SLOTS].into_boxed_slice();
+        let mut replicas = HashSet::new();
+        for node in listed {
+            let i = self.shard_at(&mut map, &node.host, node.port)?;
+            let name = (node.host.to_ascii_lowercase(), node.port);
+            let was_replica = map.replicas.contains(&name);
+            // A replica stays one to us until it serves slots: a view in
+            // which it is a master without slots yet is no promotion.
+            if !node.master || (node.slots.is_empty() && was_replica) {
+                replicas.insert(name);
+                continue;
+            }
+            if !node.slots.is_empty() && was_replica {
+                promoted.push(Arc::clone(map.shards[i].node()));
+            }
+            for &(a, b) in &node.slots {
+                owner[usize::from(a)..=usize::from(b)].fill(i as u16);
+            }
+        }
+        map.owner = owner;
+        map.replicas = replicas;
+        drop(map);
+        for node in promoted {
+            quarantine_promoted(&node);
+        }
+        Ok(())
+    }
+}
+
+/// A replica now serving slots may lack locks its old master granted.
+fn quarantine_promoted(node: &Node) {
+    node.quarantine_now("was a replica and now serves slots (a failover)");
+}
+
+/// `CLUSTER NODES` on one node.
+fn ask_nodes(node: &Arc<Node>) -> Result<Vec<u8>, Failure> {
+    let mut conn = node.checkout(Take::Pooled)?;
+    resp::encode(conn.request(), &[b"CLUSTER", b"NODES"]);
+    conn.send()?;
+    let deadline = time::deadline_in(node.io_timeout());
+    conn.recv(deadline, true, |reply| match reply {
+        Reply::Bulk(text) => Ok(text.to_vec()),
+        Reply::Error(text) => Err(Failure::from_server(text)),
+        _ => Err(Failure::Protocol("unexpected reply to CLUSTER NODES")),
+    })
+}
+
+/// A hash tag whose slot is `slot` (for a probe key on the master that
+/// serves it): the first decimal number that hashes there.
+pub(crate) fn tag_for(slot: u16) -> Vec<u8> {
+    let mut buf = itoa::Buffer::new();
+    let n = (0u32..)
+        .find(|&n| crate::cluster::slot(buf.format(n).as_bytes()) == slot)
+        .expect("every slot has a decimal tag");
+    buf.format(n).as_bytes().to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_match_redis() {
+        // Values from the Redis Cluster specification and `CLUSTER KEYSLOT`.
+        assert_eq!(slot(b"123456789"), 0x31C3);
+        assert_eq!(slot(b"foo"), 12182);
+        assert_eq!(slot(b"bar"), 5061);
+        assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
+        assert_eq!(slot(b"foo{}{bar}"), slot(b"foo{}{bar}"));
+        assert_ne!(slot(b"foo{}{bar}"), slot(b"bar"));
+        assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+        assert_eq!(slot(b"foo{bar}{zap}"), slot(b"bar"));
+        assert_eq!(slot(b""), 0);
+    }
+
+    #[test]
+    fn companions_share_the_slot() {
+        for key in [
+            &b"orders:42"[..],
+            b"{user}:x",
+            b"a{b",
+            b"{",
+            b"x{y}z}",
+            b"{{",
+        ] {
+            assert!(companions_fit(key), "{key:?}");
+            let fence = crate::script::companion(key, b":redlease:fence");
+            assert_eq!(
+                slot(&fence),
+                slot(key),
+                "{:?}",
+                fence.escape_ascii().to_string()
+            );
+        }
+        assert!(!companions_fit(b"a}b"));
+        assert!(!companions_fit(b"a{}b}"));
+        // `{}` is no tag (empty): the whole key is hashed, and it has a `}`.
+        assert!(!companions_fit(b"a{}b{c}"));
+    }
+
+    #[test]
+    fn redirections() {
+        assert_eq!(
+            redirect("MOVED 3999 127.0.0.1:6381", "x"),
+            Some(Redirect::Moved {
+                slot: 3999,
+                host: "127.0.0.1".into(),
+                port: 6381
+            })
+        );
+        assert_eq!(
+            redirect("ASK 3999 ::1:6381", "x"),
+            Some(Redirect::Ask {
+                host: "::1".into(),
+                port: 6381
+            })
+        );
+        assert_eq!(
+            redirect("MOVED 1 :7000", "10.0.0.1"),
+            Some(Redirect::Moved {
+                slot: 1,
+                host: "10.0.0.1".into(),
+                port: 7000
+            })
+        );
+        assert_eq!(
+            redirect(
+                "TRYAGAIN Multiple keys request during rehashing of slot",
+                "x"
+            ),
+            Some(Redirect::Later)
+        );
+        assert_eq!(
+            redirect("CLUSTERDOWN Hash slot not served", "x"),
+            Some(Redirect::Later)
+        );
+        for bad in [
+            "MOVED",
+            "MOVED 99999 h:1",
+            "MOVED 1 h",
+            "MOVED 1 h:0",
+            "MOVED x h:1",
+            "OOM command not allowed",
+            "ASK 1 h:port",
+        ] {
+            assert_eq!(redirect(bad, "x"), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cluster_nodes_parse() {
+        let text = b"07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@31004,host-4 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected\n\
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@31002 master - 0 1426238316232 2 connected 5461-10922\n\
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@31003 master - 0 1426238318243 3 connected 10923-16383\n\
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca :30001@31001 myself,master - 0 0 1 connected 0-5460 [5461->-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1] 17\n\
+aaaa 127.0.0.1:30009@31009 master,noaddr - 0 0 0 disconnected\n";
+        let listed = parse_nodes(text, "10.1.1.1").unwrap();
+        assert_eq!(listed.len(), 4);
+        assert_eq!(
+            (listed[0].host.as_str(), listed[0].port, listed[0].master),
+            ("127.0.0.1", 30004, false)
+        );
+        assert_eq!(listed[1].slots, vec![(5461, 10922)]);
+        assert_eq!(listed[3].host, "10.1.1.1");
+        assert_eq!(listed[3].slots, vec![(0, 5460), (17, 17)]);
+        for bad in [
+            &b""[..],
+            b"id 1.2.3.4:1@2 master - 0 0",
+            b"id 1.2.3.4:1@2 master - 0 0 1 connected 9-2",
+            b"id 1.2.3.4:1@2 master - 0 0 1 connected 0-16384",
+            b"id nowhere master - 0 0 1 connected",
+            b"\xff\xfe",
+        ] {
+            assert!(parse_nodes(bad, "h").is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn tags_for_every_slot() {
+        for s in [0u16, 1, 5460, 12182, 16383] {
+            assert_eq!(slot(&tag_for(s)), s);
+        }
+    }
+}

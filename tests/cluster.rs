@@ -1,0 +1,679 @@
+//! Redis Cluster, with a real local cluster the fixture builds: keys routed
+//! to their slot's master, slots migrated under load (`MOVED`, `ASK`,
+//! `TRYAGAIN` followed inside the library), and a master killed and its
+//! replica promoted.
+
+mod support;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use redlease::{Error, LockManager, RetryPolicy};
+use support::cluster::Cluster;
+use support::oracle::Oracle;
+
+const TTL: Duration = Duration::from_secs(10);
+
+/// One cluster at a time: each is several processes, and the failover test
+/// is timed.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: Mutex<()> = Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Sets its flag when dropped, also by a panic: a scope's workers that
+/// loop until the flag stop with the scope's own thread.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn manager(cluster: &Cluster) -> LockManager {
+    support::builder()
+        .cluster([cluster.seed()])
+        .build()
+        .expect("cluster manager")
+}
+
+#[test]
+fn locks_live_on_their_slots_master() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0);
+    let locks = manager(&cluster);
+    assert_eq!(locks.nodes(), 3);
+    assert_eq!(locks.quorum(), 1);
+    let keys: Vec<String> = (0..300).map(|i| format!("spread:{i}")).collect();
+    let held: Vec<_> = keys
+        .iter()
+        .map(|k| locks.try_lock(k, TTL).expect("no error").expect("free"))
+        .collect();
+    // Each lock is on the master that serves its slot, and nowhere else.
+    let mut per_master = [0i64; 3];
+    for key in &keys {
+        let owner = cluster
+            .owner_of(cluster.slot(key.as_bytes()), 0)
+            .expect("slot served");
+        per_master[owner] += 1;
+        assert!(
+            cluster.servers[owner].get(key.as_bytes()).is_some(),
+            "{key} not on its master"
+        );
+    }
+    for (m, &n) in per_master.iter().enumerate() {
+        assert_eq!(cluster.keys_on(m), n, "master {m}");
+        assert!(n > 50, "master {m} got {n} of 300 keys");
+    }
+    // Another manager (seeded elsewhere) sees every one held.
+    let other = support::builder()
+        .cluster([cluster.servers[2].url()])
+        .build()
+        .unwrap();
+    for key in keys.iter().step_by(7) {
+        assert!(
+            other.try_lock(key, TTL).unwrap().is_none(),
+            "{key} granted twice"
+        );
+    }
+    for lock in held {
+        assert!(lock.release().unwrap());
+    }
+    for m in 0..3 {
+        assert_eq!(cluster.keys_on(m), 0, "master {m} kept keys");
+    }
+}
+
+#[test]
+fn every_lock_feature_works_across_slots() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0);
+    let locks = support::builder()
+        .cluster([cluster.seed()])
+        .fencing(true)
+        .build()
+        .unwrap();
+    // Fences: the counter shares the lock's slot (plain and tagged keys).
+    for key in ["fenced:a", "{user:7}:cart", "fenced:b"] {
+        let mut first = locks.try_lock(key, TTL).unwrap().unwrap();
+        let f1 = first.fence().unwrap();
+        assert!(first.release().unwrap());
+        let mut second = locks.try_lock(key, TTL).unwrap().unwrap();
+        assert!(second.fence().unwrap() > f1, "{key}: fences must increase");
+        second.extend(TTL).unwrap();
+        assert!(second.release().unwrap());
+    }
+    // Kept alive: one renewal batch over many slots and masters.
+    let kept: Vec<_> = (0..40)
+        .map(|i| {
+            locks
+                .try_lock(format!("kept:{i}"), Duration::from_millis(300))
+                .unwrap()
+                .unwrap()
+                .keep_alive()
+                .unwrap()
+        })
+        .collect();
+    thread::sleep(Duration::from_millis(1_200));
+    for lock in &kept {
+        assert!(!lock.is_lost(), "{:?} lost while kept alive", lock.key());
+        assert!(lock.remaining() > Duration::ZERO);
+    }
+    for lock in kept {
+        assert!(lock.release().unwrap());
+    }
+    // Waiting: a waiter is woken by a release on another master's slot
+    // (cluster PUBLISH reaches every node's subscriber).
+    let held = locks.try_lock("wait:x", TTL).unwrap().unwrap();
+    let waiter = {
+        let locks = locks.clone();
+        thread::spawn(move || {
+            let started = Instant::now();
+            let lock = locks.lock("wait:x", TTL).expect("woken and granted");
+            (started.elapsed(), lock.release().unwrap())
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    assert!(held.release().unwrap());
+    let (waited, released) = waiter.join().unwrap();
+    assert!(released);
+    assert!(
+        waited < Duration::from_secs(2),
+        "waited {waited:?} for a released lock"
+    );
+    // Fair mode over a cluster: each key's queue is on its master.
+    let fair = support::builder()
+        .cluster([cluster.seed()])
+        .fair(true)
+        .build()
+        .unwrap();
+    let a = fair.lock("fair:q", TTL).unwrap();
+    let next = {
+        let fair = fair.clone();
+        thread::spawn(move || fair.lock("fair:q", TTL).map(|l| l.release()))
+    };
+    thread::sleep(Duration::from_millis(200));
+    assert!(a.release().unwrap());
+    assert!(next.join().unwrap().unwrap().unwrap());
+    let status = locks.status();
+    assert_eq!(status.nodes.len(), 3);
+    assert!(status.healthy(), "{status}");
+}
+
+#[test]
+fn bad_cluster_settings_are_refused() {
+    let _serial = serial();
+    let cluster = Cluster::start(1, 0);
+    let invalid = |builder: redlease::LockManagerBuilder, needle: &str| match builder.build() {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains(needle), "{msg}"),
+        other => panic!("expected InvalidArgument ({needle}), got {other:?}"),
+    };
+    invalid(
+        support::builder()
+            .cluster([cluster.seed()])
+            .node(cluster.seed()),
+        "not beside",
+    );
+    invalid(support::builder().cluster(Vec::<String>::new()), "no seed");
+    invalid(
+        support::builder().cluster([format!("{}/1", cluster.seed())]),
+        "database 0",
+    );
+    invalid(
+        support::builder().cluster([cluster.seed(), cluster.seed()]),
+        "listed twice",
+    );
+    let standalone = support::RedisServer::start();
+    invalid(
+        support::builder().cluster([standalone.url()]),
+        "not in cluster mode",
+    );
+    // A key whose fence counter could not share its slot.
+    let fenced = support::builder()
+        .cluster([cluster.seed()])
+        .fencing(true)
+        .build()
+        .unwrap();
+    match fenced.try_lock("a}b", TTL) {
+        Err(Error::InvalidArgument(msg)) => assert!(msg.contains("hash tag"), "{msg}"),
+        other => panic!("expected InvalidArgument, got {other:?}"),
+    }
+    assert!(fenced.try_lock("{a}b}", TTL).unwrap().is_some());
+    // Wrong password: a clear error at build (the cluster's helpers cannot
+    // log in after this: it comes last).
+    let _: () = cluster.servers[0].cmd(&[b"CONFIG", b"SET", b"requirepass", b"s3cret"]);
+    let secured = &cluster;
+    match support::builder()
+        .cluster([secured.seed().replace("redis://", "redis://:wrong@")])
+        .build()
+    {
+        Err(Error::Auth { .. }) => {}
+        other => panic!("expected Auth, got {other:?}"),
+    }
+    let ok = support::builder()
+        .cluster([secured.seed().replace("redis://", "redis://:s3cret@")])
+        .build()
+        .unwrap();
+    assert!(ok.try_lock("pw", TTL).unwrap().is_some());
+}
+
+/// Asks of each server, by `INFO commandstats`, how many `ASKING` it took.
+fn asking_calls(cluster: &Cluster, server: usize) -> u64 {
+    let info: String = cluster.servers[server].cmd(&[b"INFO", b"commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_asking:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_slot_migrated_under_load_hides_every_redirection() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0);
+    let oracle = Oracle::new("cluster-migration");
+    // Fenced acquisitions are two-key scripts: Redis answers TRYAGAIN to
+    // those while their slot migrates (until the end, for a free lock: its
+    // key is missing on both sides), so they wait by the retry policy; the
+    // plain manager's single-key requests follow ASK and never wait.
+    let fenced = support::builder()
+        .cluster([cluster.seed()])
+        .fencing(true)
+        .retry(RetryPolicy::default().max_wait(Duration::from_secs(10)))
+        .build()
+        .unwrap();
+    let locks = support::builder()
+        .cluster([cluster.seed()])
+        .build()
+        .unwrap();
+    let slot = cluster.slot(b"{hot}");
+    let from = cluster.owner_of(slot, 0).unwrap();
+    let to = (from + 1) % 3;
+    // Long-held locks in the slot must survive the move: extend and
+    // release find them on the new master.
+    let mut long: Vec<_> = (0..4)
+        .map(|i| {
+            fenced
+                .try_lock(format!("{{hot}}:long:{i}"), Duration::from_secs(30))
+                .unwrap()
+                .unwrap()
+        })
+        .collect();
+    let kept = fenced
+        .try_lock("{hot}:kept", Duration::from_millis(600))
+        .unwrap()
+        .unwrap()
+        .keep_alive()
+        .unwrap();
+    let errors: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let cycles = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let (moved, verdict) =
+        thread::scope(|s| {
+            let _stop = Stop(&stop);
+            // 4 threads on other keys of the slot: take, extend, release.
+            for t in 0..4 {
+                let (locks, errors, cycles, stop) = (&locks, &errors, &cycles, &stop);
+                s.spawn(move || {
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) && n < 200_000 {
+                        n += 1;
+                        let key = format!("{{hot}}:k{t}:{}", n % 8);
+                        let result = locks.try_lock(&key, TTL).and_then(|lock| match lock {
+                            Some(mut lock) => {
+                                lock.extend(TTL)?;
+                                lock.release().map(|ours| assert!(ours, "{key} lost"))
+                            }
+                            None => panic!("{key} is this thread's alone, yet held"),
+                        });
+                        match result {
+                            Ok(()) => {
+                                cycles.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(e) => errors.lock().unwrap().push(format!("{key}: {e}")),
+                        }
+                    }
+                });
+            }
+            // 4 threads contending for one key, checked by the oracle.
+            let (fenced, errors) = (&fenced, &errors);
+            let verdict =
+                s.spawn(move || {
+                    oracle.run_for(4, Duration::from_secs(4), Duration::from_millis(2), |_| {
+                        match fenced.lock("{hot}:oracle", TTL) {
+                            Ok(lock) => Some(lock),
+                            Err(e) if e.is_contended() => None,
+                            Err(e) => {
+                                errors.lock().unwrap().push(format!("oracle: {e}"));
+                                None
+                            }
+                        }
+                    })
+                });
+            thread::sleep(Duration::from_millis(400));
+            let moved = cluster.migrate(slot, from, to, Duration::from_millis(300));
+            let verdict = verdict.join().unwrap();
+            stop.store(true, Ordering::Relaxed);
+            (moved, verdict)
+        });
+    let errors = errors.into_inner().unwrap();
+    let mut kinds: Vec<&str> = errors
+        .iter()
+        .map(|e| e.split_once(": ").map_or(e.as_str(), |(_, rest)| rest))
+        .collect();
+    kinds.dedup();
+    if !errors.is_empty() {
+        eprintln!("{}", locks.status());
+    }
+    assert!(
+        errors.is_empty(),
+        "{} errors escaped: {:?}",
+        errors.len(),
+        &kinds[..kinds.len().min(8)]
+    );
+    assert!(verdict.clean(), "{verdict:?}");
+    assert!(verdict.sections > 20, "{verdict:?}");
+    assert!(moved >= 5, "only {moved} keys were migrated");
+    assert!(
+        asking_calls(&cluster, to) > 0,
+        "no request went to the importing node with ASKING"
+    );
+    assert_eq!(cluster.owner_of(slot, 0), Some(to));
+    assert!(!kept.is_lost(), "a kept-alive lock was lost in the move");
+    for lock in &mut long {
+        lock.extend(Duration::from_secs(30))
+            .expect("extend after the move");
+    }
+    for lock in long {
+        assert!(
+            lock.release().unwrap(),
+            "a long lock did not survive the move"
+        );
+    }
+    assert!(kept.release().unwrap());
+    eprintln!(
+        "migration: {moved} keys moved, {} cycles and {} oracle sections, 0 errors",
+        cycles.load(Ordering::Relaxed),
+        verdict.sections
+    );
+    // Everything of the slot is on the new master now.
+    assert!(cluster.keys_on(to) > 0);
+    let left: Vec<Vec<u8>> = cluster.servers[from].cmd(&[
+        b"CLUSTER",
+        b"GETKEYSINSLOT",
+        slot.to_string().as_bytes(),
+        b"10",
+    ]);
+    assert!(left.is_empty());
+}
+
+/// Kills the master of `key`'s slot; returns when its replica serves the
+/// slot (as another master sees it), and that replica's index.
+fn kill_and_wait_for_promotion(cluster: &mut Cluster, key: &str, limit: Duration) -> usize {
+    let slot = cluster.slot(key.as_bytes());
+    let master = cluster.owner_of(slot, 0).unwrap();
+    let witness = (master + 1) % cluster.masters;
+    cluster.servers[master].kill();
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(owner) = cluster.owner_of(slot, witness).filter(|&o| o != master) {
+            return owner;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no replica promoted within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_killed_master_is_followed_to_its_promoted_replica() {
+    let _serial = serial();
+    let mut cluster = Cluster::start(3, 1);
+    let max_ttl = Duration::from_secs(2);
+    let build = |quarantine: bool| {
+        support::builder()
+            .cluster([cluster.servers[1].url(), cluster.servers[2].url()])
+            .io_timeout(Duration::from_millis(200))
+            .max_ttl(max_ttl)
+            .restart_quarantine(quarantine)
+            .build()
+            .unwrap()
+    };
+    let (guarded, open) = (build(true), build(false));
+    // Two keys of master 0's first slot: one per manager.
+    let tag = (0u32..)
+        .map(|n| format!("{{t{n}}}"))
+        .find(|t| cluster.slot(t.as_bytes()) < cluster.range(0).1)
+        .unwrap();
+    let (k1, k2) = (format!("{tag}:guarded"), format!("{tag}:open"));
+    let held = guarded
+        .try_lock(&k1, Duration::from_secs(1))
+        .unwrap()
+        .unwrap();
+    thread::sleep(Duration::from_millis(100)); // replicated
+    let killed = Instant::now();
+    let promoted_to = kill_and_wait_for_promotion(&mut cluster, &k1, Duration::from_secs(30));
+    let promoted = Instant::now();
+    // Each manager tries every 20 ms until it is granted.
+    let resume = |locks: &LockManager, key: &str| -> (Duration, Vec<String>) {
+        let mut seen = Vec::new();
+        loop {
+            match locks.try_lock(key, Duration::from_secs(1)) {
+                Ok(Some(lock)) => {
+                    assert!(lock.release().unwrap());
+                    return (promoted.elapsed(), seen);
+                }
+                Ok(None) => seen.push("held".into()),
+                Err(e) => {
+                    assert!(e.is_retryable(), "{e}");
+                    let kind = format!("{e}").split(':').next().unwrap_or("").to_owned();
+                    if seen.last() != Some(&kind) {
+                        seen.push(kind);
+                    }
+                }
+            }
+            assert!(
+                promoted.elapsed() < Duration::from_secs(20),
+                "never granted again: {seen:?}"
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let (open_after, open_seen) = resume(&open, &k2);
+    let (guarded_after, guarded_seen) = resume(&guarded, &k1);
+    eprintln!(
+        "failover: promoted {:?} after the kill; without quarantine granted {open_after:?} after, with {guarded_after:?} (saw {guarded_seen:?}; open saw {open_seen:?})",
+        promoted - killed
+    );
+    assert!(
+        open_after < Duration::from_millis(1_500),
+        "open manager resumed after {open_after:?}"
+    );
+    // The guarded manager's new master served nothing for max_ttl after it
+    // saw the promotion (which is after `promoted`, less the poll's 20 ms).
+    assert!(
+        guarded_after + Duration::from_millis(50) >= max_ttl,
+        "granted {guarded_after:?} after the promotion"
+    );
+    assert!(
+        guarded_after < max_ttl + Duration::from_secs(2),
+        "{guarded_after:?}"
+    );
+    assert!(
+        guarded_seen.iter().any(|s| s.contains("quarantine")),
+        "{guarded_seen:?}"
+    );
+    drop(held); // its master is gone: the release on drop fails quietly
+    let status = guarded.status();
+    assert!(
+        status.nodes.iter().any(|n| n
+            .name
+            .ends_with(&cluster.servers[promoted_to].port.to_string())),
+        "{status}"
+    );
+}
+
+/// The run's seed (`REDLEASE_CLUSTER_SEED`, else random; printed so that a
+/// failure can be replayed) and its length (`REDLEASE_CLUSTER_SECS`, 6 s by
+/// default).
+fn seeded() -> (u64, fastrand::Rng, Duration) {
+    let seed = std::env::var("REDLEASE_CLUSTER_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let secs = std::env::var("REDLEASE_CLUSTER_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    println!("seed {seed} (REDLEASE_CLUSTER_SEED={seed} replays it), {secs} s");
+    (
+        seed,
+        fastrand::Rng::with_seed(seed),
+        Duration::from_secs(secs),
+    )
+}
+
+/// The invariants under random slot migrations and manual failovers:
+/// never two holders of a key (the oracle), a lock that is still valid is
+/// still held when released, kept-alive locks are never lost, and only
+/// retryable errors escape (a failover's pause and quarantine, a fenced
+/// lock's TRYAGAIN), each counted.
+#[test]
+fn random_migrations_and_failovers_keep_every_lock_exclusive() {
+    let _serial = serial();
+    let (_seed, mut rng, length) = seeded();
+    let cluster = Cluster::start(3, 1);
+    let oracle = Oracle::new("cluster-random");
+    let tags = ["{red}", "{green}", "{blue}"];
+    let build = || {
+        support::builder()
+            .cluster([cluster.seed(), cluster.servers[1].url()])
+            .max_ttl(Duration::from_secs(1))
+            .restart_quarantine(true)
+            .retry(RetryPolicy::default().max_wait(Duration::from_secs(10)))
+    };
+    let fenced = build().fencing(true).build().unwrap();
+    let locks = build().build().unwrap();
+    let kept = locks
+        .try_lock("{green}:kept", Duration::from_millis(900))
+        .unwrap()
+        .unwrap()
+        .keep_alive()
+        .unwrap();
+    let retryable: Mutex<std::collections::BTreeMap<String, u64>> = Mutex::default();
+    let fatal: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let not_ours = AtomicU64::new(0);
+    let note = |e: Error, what: &str| {
+        if e.is_retryable() {
+            let kind = e
+                .to_string()
+                .split(':')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            *retryable.lock().unwrap().entry(kind).or_default() += 1;
+        } else {
+            fatal.lock().unwrap().push(format!("{what}: {e}"));
+        }
+    };
+    let stop = AtomicBool::new(false);
+    let mut faults = Vec::new();
+    let verdict = thread::scope(|s| {
+        let _stop = Stop(&stop);
+        for t in 0..3 {
+            let (locks, note, stop, not_ours) = (&locks, &note, &stop, &not_ours);
+            s.spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) && n < 500_000 {
+                    n += 1;
+                    let key = format!("{}:w{t}:{}", tags[(n % 3) as usize], n % 5);
+                    match locks.try_lock(&key, Duration::from_millis(800)) {
+                        Ok(Some(mut lock)) => {
+                            if let Err(e) = lock.extend(Duration::from_millis(800)) {
+                                note(e, "extend");
+                            }
+                            let valid = lock.remaining() > Duration::from_millis(50);
+                            match lock.release() {
+                                Ok(false) if valid => {
+                                    not_ours.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Ok(_) => {}
+                                Err(e) => note(e, "release"),
+                            }
+                        }
+                        Ok(None) => panic!("{key} is this thread's alone, yet held"),
+                        Err(e) => note(e, "try_lock"),
+                    }
+                }
+            });
+        }
+        let (fenced, note) = (&fenced, &note);
+        let verdict = s.spawn(|| {
+            oracle.run_for(3, length, Duration::from_millis(2), |_| {
+                match fenced.lock("{red}:oracle", Duration::from_millis(800)) {
+                    Ok(lock) => Some(lock),
+                    Err(e) => {
+                        if !e.is_contended() {
+                            note(e, "oracle lock");
+                        }
+                        None
+                    }
+                }
+            })
+        });
+        let deadline = Instant::now() + length;
+        while Instant::now() + Duration::from_millis(500) < deadline {
+            thread::sleep(Duration::from_millis(rng.u64(100..400)));
+            let masters = cluster.masters_now(cluster.masters_now(0)[0]);
+            if rng.u8(..4) == 0 {
+                let master = masters[rng.usize(..masters.len())];
+                if let Some(&replica) = cluster.replicas_of(master, master).first() {
+                    cluster.manual_failover(replica);
+                    faults.push(format!("failover {master}->{replica}"));
+                }
+            } else {
+                let tag = tags[rng.usize(..tags.len())];
+                let slot = cluster.slot(tag.as_bytes());
+                let from = cluster.owner_of(slot, masters[0]).unwrap();
+                let others: Vec<usize> = masters.iter().copied().filter(|&m| m != from).collect();
+                let to = others[rng.usize(..others.len())];
+                cluster.migrate(slot, from, to, Duration::from_millis(rng.u64(10..60)));
+                faults.push(format!("{tag} {from}->{to}"));
+            }
+        }
+        let verdict = verdict.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        verdict
+    });
+    println!(
+        "faults: {faults:?}; oracle {verdict:?}; retryable errors: {:?}",
+        retryable.lock().unwrap()
+    );
+    assert!(verdict.clean(), "{verdict:?}");
+    assert!(verdict.sections > 10, "{verdict:?}");
+    assert!(!faults.is_empty());
+    let fatal = fatal.into_inner().unwrap();
+    assert!(fatal.is_empty(), "non-retryable errors: {fatal:?}");
+    assert_eq!(
+        not_ours.load(Ordering::Relaxed),
+        0,
+        "a valid lock was gone at its release"
+    );
+    assert!(!kept.is_lost(), "a kept-alive lock was lost");
+    assert!(kept.release().unwrap());
+}
+
+#[test]
+fn a_promoted_replica_is_quarantined_before_its_first_grant() {
+    let _serial = serial();
+    let cluster = Cluster::start(1, 1);
+    let max_ttl = Duration::from_secs(1);
+    let locks = support::builder()
+        .cluster([cluster.seed()])
+        .max_ttl(max_ttl)
+        .restart_quarantine(true)
+        .build()
+        .unwrap();
+    let held = locks.try_lock("held", max_ttl).unwrap().unwrap();
+    thread::sleep(Duration::from_millis(50)); // replicated
+    cluster.manual_failover(1);
+    let promoted = Instant::now();
+    // The first request goes to the old master, whose MOVED names the
+    // replica: quarantined before anything is sent to it.
+    match locks.try_lock("free", max_ttl) {
+        Err(Error::Quarantined { remaining, .. }) => {
+            assert!(remaining > max_ttl / 2, "{remaining:?}")
+        }
+        other => panic!("expected Quarantined, got {other:?}"),
+    }
+    assert!(matches!(
+        locks.try_lock("held", max_ttl),
+        Err(Error::Quarantined { .. })
+    ));
+    // Release and extend are not quarantined: the lock is found on the new
+    // master (a manual failover loses nothing).
+    assert!(held.release().unwrap());
+    loop {
+        match locks.try_lock("free", max_ttl) {
+            Ok(Some(lock)) => {
+                assert!(
+                    promoted.elapsed() >= max_ttl,
+                    "granted {:?} after the failover",
+                    promoted.elapsed()
+                );
+                assert!(lock.release().unwrap());
+                break;
+            }
+            Err(Error::Quarantined { .. }) => thread::sleep(Duration::from_millis(20)),
+            other => panic!("{other:?}"),
+        }
+        assert!(promoted.elapsed() < max_ttl * 3, "still quarantined");
+    }
+}
