@@ -1,6 +1,7 @@
-//! Blocking distributed locks on Redis: one node, or a Redlock quorum over
-//! several independent masters, with no async runtime and no heap
-//! allocation per lock in steady state.
+//! Blocking distributed locks on Redis: one node, a Redlock quorum over
+//! several independent masters, a master found through Sentinel, or a Redis
+//! Cluster (each key on its slot's master), with no async runtime and no
+//! heap allocation per lock in steady state.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -57,7 +57,9 @@ impl Lock {
         attempts: u32,
         fence: Option<u64>,
     ) -> Lock {
-        let one_node = manager.nodes() == 1;
+        // One voter (one node, or a cluster's slot master): its fence is
+        // final as given.
+        let one_node = manager.quorum() == 1;
         Lock {
             manager,
             key: SmallVec::from_slice(key),

@@ -131,7 +131,7 @@ impl LockManager {
 
     /// Number of nodes (in a Redis Cluster, the masters serving slots now).
     pub fn nodes(&self) -> usize {
-        self.shared.route.nodes().len()
+        self.shared.route.node_count()
     }
 
     /// Each node's health, for an operator's health endpoint or a log line:
@@ -174,7 +174,8 @@ impl LockManager {
         Status { nodes, quorum }
     }
 
-    /// Votes needed for a lock: a strict majority of the nodes.
+    /// Votes needed for a lock: a strict majority of the nodes; 1 in a
+    /// Redis Cluster (the key's slot master).
     pub fn quorum(&self) -> usize {
         self.shared.route.needed()
     }

@@ -32,6 +32,15 @@ impl Route {
         }
     }
 
+    /// How many nodes [`nodes`](Self::nodes) would list (without
+    /// allocating, for a quorum).
+    pub(crate) fn node_count(&self) -> usize {
+        match self {
+            Route::Quorum(q) => q.nodes().len(),
+            Route::Cluster(c) => c.nodes().len(),
+        }
+    }
+
     /// Votes a lock needs: a majority of a quorum; one, the slot's master,
     /// in a cluster.
     pub(crate) fn needed(&self) -> usize {

@@ -228,6 +228,50 @@ fn unix_sockets_do_not_allocate_and_tls_allocations_are_counted() {
 /// allocation to encrypt it) and one record in (a copy of its plaintext).
 const TLS_ALLOCATIONS_PER_CYCLE: u64 = 4;
 
+/// A Redis Cluster: the slot's lookup (a shared lock, an `Arc` clone) and
+/// the request allocate nothing, on every master, for plain and fenced
+/// locks and kept-alive renewals' extend.
+#[test]
+fn cluster_cycles_do_not_allocate() {
+    let cluster = support::cluster::Cluster::start(3, 0);
+    let plain = support::builder()
+        .cluster([cluster.seed()])
+        .build()
+        .unwrap();
+    let fenced = support::builder()
+        .cluster([cluster.seed()])
+        .fencing(true)
+        .build()
+        .unwrap();
+    // Keys on every master (their slots' owners differ).
+    let keys: Vec<Vec<u8>> = (0..12)
+        .map(|i| format!("cluster:{i}").into_bytes())
+        .collect();
+    let mut results = Vec::new();
+    for (label, locks) in [("plain", &plain), ("fenced", &fenced)] {
+        let mut i = 0;
+        results.push(per_cycle(
+            &format!("cluster try_lock + extend + release, {label}"),
+            || {
+                i += 1;
+                let mut lock = locks
+                    .try_lock(&keys[i % keys.len()], TTL)
+                    .expect("try_lock")
+                    .expect("free");
+                lock.extend(TTL).expect("extend");
+                if label == "fenced" {
+                    lock.fence().expect("fence");
+                }
+                assert!(lock.release().expect("release"));
+            },
+        ));
+    }
+    assert!(
+        results.iter().all(|&n| n == 0),
+        "cluster cycles allocated: {results:?}"
+    );
+}
+
 /// The counter does see allocations: a test of the test.
 #[test]
 fn the_counter_counts() {

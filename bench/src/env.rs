@@ -1,13 +1,14 @@
 //! Where the workers' locks live: servers the tool starts itself (over TCP,
-//! unix sockets or TLS, or a Sentinel deployment) or the nodes it was
-//! given; and the manager built over them. Lives for the whole run (every
-//! run of `--compare` shares it); embedded servers are stopped by their
-//! pids when it is dropped.
+//! unix sockets or TLS, a Sentinel deployment, or a Redis Cluster) or the
+//! nodes it was given; and the manager built over them. Lives for the whole
+//! run (every run of `--compare` shares it); embedded servers are stopped
+//! by their pids when it is dropped.
 
 use std::time::{Duration, Instant};
 
 use redlease::LockManager;
 
+use crate::support::cluster::Cluster;
 use crate::support::sentinel::{self, Deployment};
 use crate::support::tls::{Certs, ServerCert};
 use crate::support::{self, RedisServer};
@@ -16,6 +17,7 @@ use crate::{Options, Transport};
 pub struct Env {
     servers: Vec<RedisServer>,
     deployment: Option<Deployment>,
+    cluster: Option<Cluster>,
     certs: Option<Certs>,
     /// Lock nodes (empty for Sentinel: the manager finds the master).
     urls: Vec<String>,
@@ -32,13 +34,24 @@ impl Env {
         let mut env = Env {
             servers: Vec::new(),
             deployment: None,
+            cluster: None,
             certs: (embedded && o.transport == Transport::Tls).then(Certs::make),
             urls: Vec::new(),
             counter_url: String::new(),
             topology: String::new(),
             embedded,
         };
-        if o.sentinel {
+        if let (Some(masters), true) = (o.cluster, embedded) {
+            let cluster = Cluster::start(masters as usize, 0);
+            env.urls = vec![cluster.seed()];
+            // The counters' keys would be spread over the masters: they
+            // live on a server of their own.
+            let counters = RedisServer::try_start_detached(&[])?;
+            env.counter_url = counters.url();
+            env.servers.push(counters);
+            env.topology = format!("cluster: {masters} masters");
+            env.cluster = Some(cluster);
+        } else if o.sentinel {
             let d = Deployment::start(1, 3, 5_000);
             env.counter_url = d.servers[0].url();
             env.topology = "sentinel: a master, 1 replica, 3 sentinels".into();
@@ -76,6 +89,9 @@ impl Env {
             .into();
         } else {
             env.urls = o.urls.clone();
+            if o.cluster.is_some() && o.counter_url.is_none() {
+                return Err("with --cluster and --url, give --counter-url: a server outside the cluster for the counters".into());
+            }
             env.counter_url = o.counter_url.clone().unwrap_or_else(|| o.urls[0].clone());
             if env.counter_url.starts_with("rediss:") {
                 return Err(
@@ -102,8 +118,12 @@ impl Env {
         if let Some(n) = o.wait_replicas {
             builder = builder.wait_for_replicas(n, Duration::from_millis(100));
         }
+        builder = if o.cluster.is_some() {
+            builder.cluster(self.urls.iter().map(String::as_str))
+        } else {
+            builder.nodes(self.urls.iter().map(String::as_str))
+        };
         builder
-            .nodes(self.urls.iter().map(String::as_str))
             // Servers this run started are fresh and private: no one's
             // locks to protect, so no restart quarantine. Given servers
             // keep it on.
@@ -122,6 +142,7 @@ impl Env {
         self.servers
             .iter()
             .chain(self.deployment.iter().flat_map(|d| &d.servers))
+            .chain(self.cluster.iter().flat_map(|c| &c.servers))
             .filter_map(RedisServer::pid)
             .chain(
                 self.deployment

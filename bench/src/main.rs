@@ -8,6 +8,7 @@
 //! redlease-bench --transport unix                 # the same over a unix socket
 //! redlease-bench --transport tls                  # ... over TLS (certificates made on the spot)
 //! redlease-bench --sentinel                       # a master, a replica and 3 sentinels
+//! redlease-bench --cluster 3 --keys 64            # a Redis Cluster of 3 masters
 //! redlease-bench --compare --plot workers.svg     # wake vs poll vs fair
 //! redlease-bench --rate 2000 --hold-dist exp      # open loop, latency at a load
 //! redlease-bench --uncontended                    # each thread its own key: the lock's own cost
@@ -115,6 +116,14 @@ pub struct Options {
     /// sentinels; locks find the master through the sentinels.
     #[arg(long, conflicts_with_all = ["nodes", "urls"])]
     sentinel: bool,
+    /// Embedded Redis Cluster of this many masters (3 when no number is
+    /// given), the slots split evenly; each key's lock lives on its slot's
+    /// master. With --url, the URLs are seeds of an existing cluster (give
+    /// --counter-url: a server outside it for the counters).
+    #[arg(long, num_args = 0..=1, default_missing_value = "3",
+          value_parser = clap::value_parser!(u32).range(1..=9),
+          conflicts_with_all = ["nodes", "sentinel", "transport"])]
+    cluster: Option<u32>,
     /// With --sentinel (or any node): grant only what this many replicas
     /// acknowledged (WAIT), within 100 ms.
     #[arg(long)]
@@ -288,7 +297,11 @@ fn run_all(o: &Options) -> Result<Vec<Summary>, String> {
     }
     let runs: Vec<(Retry, bool)> = if o.compare {
         let mut runs = vec![(Retry::Poll, false), (Retry::Wake, false)];
-        if o.urls.len() <= 1 && o.nodes == 1 && !o.sentinel && o.wait_replicas.is_none() {
+        // Fair mode on one node or a cluster (each key's queue is on its
+        // master), not over Redlock or with WAIT.
+        if o.urls.len() <= 1 && o.nodes == 1 && !o.sentinel && o.wait_replicas.is_none()
+            || o.cluster.is_some()
+        {
             runs.push((Retry::Wake, true));
         }
         runs

@@ -127,7 +127,8 @@ pub struct Setup {
     pub keys: u32,
     pub nodes: usize,
     pub embedded: bool,
-    /// How the nodes are reached: tcp, unix socket, tls, sentinel, given.
+    /// How the nodes are reached: tcp, unix socket, tls, sentinel,
+    /// cluster, given.
     pub topology: String,
     pub redis_version: String,
     pub ttl: Duration,
@@ -249,7 +250,9 @@ impl Summary {
     pub fn to_table(&self) -> String {
         let s = &self.stats;
         let setup = &self.setup;
-        let nodes = if setup.nodes == 1 {
+        let nodes = if setup.topology.starts_with("cluster") {
+            format!("{} masters", setup.nodes)
+        } else if setup.nodes == 1 {
             "1 node".to_string()
         } else {
             format!("{} nodes (Redlock)", setup.nodes)

@@ -93,6 +93,37 @@ fn transports_and_sentinel_end_to_end() {
     }
 }
 
+/// An embedded Redis Cluster: keys spread over its masters, clean; and a
+/// given cluster without a server for the counters is refused.
+#[test]
+fn cluster_end_to_end() {
+    let s = summary(&[
+        "--cluster",
+        "3",
+        "--keys",
+        "16",
+        "--threads",
+        "4",
+        "--duration",
+        "5s",
+        "--count",
+        "400",
+        "--json",
+    ]);
+    check_clean(&s, 3);
+    assert_eq!(s["setup"]["topology"], "cluster: 3 masters", "{s}");
+    let out = run(&[
+        "--cluster",
+        "--url",
+        "redis://127.0.0.1:1",
+        "--duration",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--counter-url"), "{stderr}");
+}
+
 /// `--compare` runs each waiting strategy on the same servers and prints
 /// one summary each; `--plot` draws them; `--rate` runs open loop and
 /// counts latency from each cycle's intended start too.

@@ -14,6 +14,7 @@
 //! counting global allocator). Contestants run in a rotating order each
 //! round so that none always goes first.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod contended;
@@ -355,6 +356,7 @@ fn report(s: &Settings) {
         "| (cycles/s at 8 threads: redlease {ours_tp:.0}, implied by redis-benchmark {implied:.0}) | | | |"
     );
     transports::report(s);
+    cluster::report(s);
     contended::report(&urls, s.throughput_time);
     keepalive::report(&urls, &pids, s.quick);
     #[cfg(feature = "metrics")]
@@ -522,10 +524,13 @@ const CA_ENV: &str = "REDLEASE_BENCH_CA";
 
 /// Child mode: run one contestant's loop so callgrind can count it.
 fn run_only(who: &str, target: &str, cycles: usize) {
-    if who == "ours-url" {
-        let mut builder = LockManager::builder()
-            .restart_quarantine(false)
-            .node(target);
+    if who == "ours-url" || who == "ours-cluster" {
+        let builder = LockManager::builder().restart_quarantine(false);
+        let mut builder = if who == "ours-cluster" {
+            builder.cluster([target])
+        } else {
+            builder.node(target)
+        };
         if let Ok(ca) = std::env::var(CA_ENV) {
             builder = builder.tls_ca_file(ca);
         }
