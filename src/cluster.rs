@@ -341,9 +341,11 @@ impl Cluster {
         Ok(map.shards.len() - 1)
     }
 
-    /// Learns the topology (it must answer) and connects to every master
-    /// as `Quorum::connect` does for a node: who it is, what the user may
-    /// run (on a key of a slot it serves), `preconnect` connections.
+    /// Learns the topology (a seed must answer) and connects to every
+    /// master as `Quorum::connect` does for a node: who it is, what the
+    /// user may run (on a key of a slot it serves), `preconnect`
+    /// connections. Configuration errors fail; an unreachable master is
+    /// logged (its slots fail until the cluster replaces it).
     pub(crate) fn connect(&self, preconnect: usize) -> Result<(), Error> {
         self.refresh_now()?;
         let masters: Vec<(Arc<Quorum>, u16)> = {
@@ -365,8 +367,21 @@ impl Cluster {
                 "cluster: no master serves any slot yet (is the cluster created?)",
             ));
         }
+        // A master that cannot be reached now only costs its slots until
+        // the cluster fails it over: logged. What does not heal fails.
         for (quorum, slot) in masters {
-            quorum.connect_probing(preconnect, Some(&tag_for(slot)))?;
+            match quorum.connect_probing(preconnect, Some(&tag_for(slot))) {
+                Ok(()) => {}
+                Err(
+                    e @ (Error::Auth { .. }
+                    | Error::Permission { .. }
+                    | Error::Protocol { .. }
+                    | Error::Tls { .. }
+                    | Error::InvalidArgument(_)
+                    | Error::RandomSource(_)),
+                ) => return Err(e),
+                Err(e) => log::warn!("redlease: cluster master unreachable at build: {e}"),
+            }
         }
         Ok(())
     }

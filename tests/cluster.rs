@@ -677,3 +677,37 @@ fn a_promoted_replica_is_quarantined_before_its_first_grant() {
         assert!(promoted.elapsed() < max_ttl * 3, "still quarantined");
     }
 }
+
+#[test]
+fn lazy_and_partial_seeds_find_the_cluster() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0);
+    let dead = format!("redis://127.0.0.1:{}", support::free_port());
+    // Eager: a dead first seed is skipped.
+    let eager = support::builder()
+        .cluster([dead.clone(), cluster.servers[1].url()])
+        .build()
+        .unwrap();
+    assert_eq!(eager.nodes(), 3);
+    // Lazy: nothing asked at build; the first calls learn the slots (from
+    // MOVED, or from the topology after the dead seed fails).
+    let lazy = support::builder()
+        .cluster([dead, cluster.servers[2].url()])
+        .connect_lazily(true)
+        .build()
+        .unwrap();
+    let mut granted = 0;
+    for i in 0..60 {
+        match lazy.try_lock(format!("lazy:{i}"), TTL) {
+            Ok(Some(lock)) => {
+                granted += 1;
+                assert!(lock.release().unwrap());
+            }
+            Ok(None) => panic!("lazy:{i} held"),
+            // The dead seed's refused connection, before the topology came.
+            Err(e) => assert!(e.is_retryable(), "{e}"),
+        }
+    }
+    assert!(granted >= 55, "only {granted} of 60 granted");
+    assert_eq!(lazy.nodes(), 3);
+}
