@@ -87,6 +87,9 @@ enum Redirect {
     Ask { host: String, port: u16 },
     /// `TRYAGAIN` or `CLUSTERDOWN`: the same again shortly.
     Later,
+    /// A redirection whose text was cut short (a very long host name):
+    /// the topology says where the slot went.
+    Unclear,
 }
 
 /// Reads a redirection from an error reply's text; `from` is the host of
@@ -94,6 +97,13 @@ enum Redirect {
 fn redirect(message: &str, from: &str) -> Option<Redirect> {
     if message.starts_with("TRYAGAIN") || message.starts_with("CLUSTERDOWN") {
         return Some(Redirect::Later);
+    }
+    // Error texts are kept to `SERVER_TEXT_MAX` bytes: a longer one may
+    // have lost digits of its port.
+    if message.len() >= crate::error::SERVER_TEXT_MAX
+        && (message.starts_with("MOVED ") || message.starts_with("ASK "))
+    {
+        return Some(Redirect::Unclear);
     }
     let mut words = message.split_ascii_whitespace();
     let verb = words.next()?;
@@ -123,9 +133,16 @@ fn host_port(addr: &str, from: &str) -> Option<(String, u16)> {
 /// One node of `CLUSTER NODES`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Listed {
+    /// The node's id: what stays the same when its address changes.
+    id: String,
     host: String,
     port: u16,
+    /// The host name it announces (`cluster-announce-hostname`), which
+    /// `MOVED` may name instead of the IP.
+    hostname: Option<String>,
     master: bool,
+    /// Flagged `fail` or `fail?`: its line may be stale.
+    failed: bool,
     /// Slot ranges it serves, inclusive (migration entries left out).
     slots: Vec<(u16, u16)>,
 }
@@ -149,6 +166,11 @@ fn parse_nodes(text: &[u8], from: &str) -> Result<Vec<Listed>, &'static str> {
         let addr = fields[1].split(['@', ',']).next().unwrap_or("");
         let (host, port) =
             host_port(addr, from).ok_or("a CLUSTER NODES address is not host:port")?;
+        let hostname = fields[1]
+            .split_once(',')
+            .map(|(_, h)| h.split(',').next().unwrap_or(""))
+            .filter(|h| !h.is_empty() && !h.eq_ignore_ascii_case(&host))
+            .map(str::to_owned);
         let mut slots = Vec::new();
         for range in &fields[8..] {
             if range.starts_with('[') {
@@ -164,9 +186,12 @@ fn parse_nodes(text: &[u8], from: &str) -> Result<Vec<Listed>, &'static str> {
             slots.push((a, b));
         }
         listed.push(Listed {
+            id: fields[0].to_owned(),
             host,
             port,
+            hostname,
             master: flags.contains(&"master"),
+            failed: flags.iter().any(|f| matches!(*f, "fail" | "fail?")),
             slots,
         });
     }
@@ -180,8 +205,11 @@ fn parse_nodes(text: &[u8], from: &str) -> Result<Vec<Listed>, &'static str> {
 /// quorum of one, and a twin of it that sends `ASKING` first (both over
 /// the same node and pool).
 struct Shard {
-    host: String,
-    port: u16,
+    /// Every `host:port` it is known by (the IP, an announced host name,
+    /// a seed's name); the first is the one connected to.
+    names: Vec<(String, u16)>,
+    /// Its node id, once a topology listed it.
+    id: Option<String>,
     direct: Arc<Quorum>,
     asking: Arc<Quorum>,
 }
@@ -189,6 +217,16 @@ struct Shard {
 impl Shard {
     fn node(&self) -> &Arc<Node> {
         &self.direct.nodes()[0]
+    }
+
+    fn host(&self) -> &str {
+        &self.names[0].0
+    }
+
+    fn is_named(&self, host: &str, port: u16) -> bool {
+        self.names
+            .iter()
+            .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
     }
 }
 
@@ -199,16 +237,23 @@ struct Map {
     /// Every server seen, in the order seen; never removed (a server that
     /// left keeps its pool until the manager goes, and owns no slot).
     shards: Vec<Shard>,
-    /// Servers seen as replicas and not seen serving slots since, to
-    /// recognise a promotion.
-    replicas: HashSet<(String, u16)>,
+    /// Node ids seen as replicas and not seen serving slots since, to
+    /// recognise a promotion (every view adds to it: a view that leaves a
+    /// replica out does not make the manager forget it).
+    replicas: HashSet<String>,
 }
 
 impl Map {
     fn find(&self, host: &str, port: u16) -> Option<usize> {
-        self.shards
-            .iter()
-            .position(|s| s.port == port && s.host.eq_ignore_ascii_case(host))
+        self.shards.iter().position(|s| s.is_named(host, port))
+    }
+
+    /// Whether the shard was last seen as a replica.
+    fn was_replica(&self, i: usize) -> bool {
+        self.shards[i]
+            .id
+            .as_ref()
+            .is_some_and(|id| self.replicas.contains(id))
     }
 }
 
@@ -300,30 +345,25 @@ impl Cluster {
                         seed.name()
                     )));
                 }
-                let shard = cluster.shard(seed, host, port)?;
+                let shard = cluster.shard(seed, host, port);
                 map.shards.push(shard);
             }
         }
         Ok(cluster)
     }
 
-    /// A shard for a server at `host:port`, reached as `endpoint`.
-    fn shard(&self, endpoint: Endpoint, host: String, port: u16) -> Result<Shard, Error> {
+    /// A shard for a server at `host:port`, reached as `endpoint` (no
+    /// name lookup: made under the table's lock).
+    fn shard(&self, endpoint: Endpoint, host: String, port: u16) -> Shard {
         let t = &self.template;
-        let direct = Quorum::new(
-            vec![endpoint],
-            t.timeouts,
-            t.pool,
-            t.drift_factor,
-            t.replicas,
-        )?;
+        let direct = Quorum::single(endpoint, t.timeouts, t.pool, t.drift_factor, t.replicas);
         let asking = direct.asking_twin();
-        Ok(Shard {
-            host,
-            port,
+        Shard {
+            names: vec![(host, port)],
+            id: None,
             direct: Arc::new(direct),
             asking: Arc::new(asking),
-        })
+        }
     }
 
     /// The shard at `host:port`, made (with the seeds' credentials and
@@ -336,7 +376,7 @@ impl Cluster {
             return Err(Error::invalid("cluster: too many nodes"));
         }
         let endpoint = self.template.seed.at(host, port);
-        let shard = self.shard(endpoint, host.to_owned(), port)?;
+        let shard = self.shard(endpoint, host.to_owned(), port);
         map.shards.push(shard);
         Ok(map.shards.len() - 1)
     }
@@ -428,12 +468,14 @@ impl Cluster {
     /// Runs `op` on the master of `key`'s slot, following redirections;
     /// `error` reads the outcome's error, if it has one. Returns the last
     /// outcome: the first without a redirection, or the last of
-    /// [`MAX_HOPS`].
+    /// [`MAX_HOPS`]. `patient`: `TRYAGAIN` and `CLUSTERDOWN` are asked again
+    /// for up to one I/O timeout (else returned at once).
     pub(crate) fn on<T>(
         &self,
         key: &[u8],
         mut op: impl FnMut(&Quorum) -> T,
         error: impl Fn(&T) -> Option<&Error>,
+        patient: bool,
     ) -> T {
         if self.pending.load(Ordering::Relaxed) {
             self.refresh();
@@ -441,7 +483,7 @@ impl Cluster {
         let slot = slot(key);
         let mut quorum = self.owner(slot);
         let mut hops = 0;
-        let mut refreshed = false;
+        let mut rerouted = false;
         let mut later: Option<Instant> = None;
         loop {
             let out = op(&quorum);
@@ -459,9 +501,13 @@ impl Cluster {
                     match redirect(message, from) {
                         Some(Redirect::Moved { slot, host, port }) => self.moved(slot, &host, port),
                         Some(Redirect::Ask { host, port }) => self.asking(&host, port),
+                        Some(Redirect::Unclear) => {
+                            self.refresh();
+                            Some(self.owner(slot))
+                        }
                         // Waits at most one I/O timeout in all, in growing
                         // naps (a migration's key batch, an election).
-                        Some(Redirect::Later) => {
+                        Some(Redirect::Later) if patient => {
                             let began = *later.get_or_insert_with(Instant::now);
                             let nap = Duration::from_millis(2 << hops.min(6));
                             let budget = self.template.timeouts.io.saturating_sub(began.elapsed());
@@ -472,16 +518,21 @@ impl Cluster {
                                 Some(self.owner(slot))
                             }
                         }
-                        None => None,
+                        Some(Redirect::Later) | None => None,
                     }
                 }
-                // The master may be gone (a failover): if the topology
-                // says the slot moved, once more at its new master.
-                e if !refreshed && e.is_retryable() && !matches!(e, Error::Quarantined { .. }) => {
-                    refreshed = true;
+                // The master may be gone (a failover): the topology is
+                // asked again, and a request that surely was not sent goes
+                // once more to the slot's master if that changed. (One that
+                // may have been applied is not sent elsewhere: its own
+                // effect could answer it.)
+                e if e.is_retryable() && !matches!(e, Error::Quarantined { .. }) => {
                     self.refresh();
                     let now = self.owner(slot);
-                    (!Arc::ptr_eq(&now, &quorum)).then_some(now)
+                    (!rerouted && unsent(e) && !Arc::ptr_eq(&now, &quorum)).then(|| {
+                        rerouted = true;
+                        now
+                    })
                 }
                 _ => None,
             };
@@ -493,19 +544,25 @@ impl Cluster {
     }
 
     /// After a `MOVED`: the slot's new master, learnt at once; then the
-    /// rest of the topology (a migration seldom moves one slot).
-    /// A replica named as a slot's master was promoted: it is quarantined
-    /// before any request goes to it.
+    /// rest of the topology (a migration seldom moves one slot). A replica
+    /// named as a slot's master was promoted: it is quarantined before the
+    /// table names it, so no request reaches it first.
     fn moved(&self, slot: u16, host: &str, port: u16) -> Option<Arc<Quorum>> {
         let (quorum, promoted) = {
             let mut map = self.map.write();
             let i = self.shard_at(&mut map, host, port).ok()?;
+            let promoted = map.was_replica(i).then(|| {
+                let node = Arc::clone(map.shards[i].node());
+                node.quarantine_now().map(|d| (node, d))
+            });
+            if let Some(id) = map.shards[i].id.clone() {
+                map.replicas.remove(&id);
+            }
             map.owner[usize::from(slot)] = i as u16;
-            let promoted = map.replicas.remove(&(host.to_ascii_lowercase(), port));
-            (Arc::clone(&map.shards[i].direct), promoted)
+            (Arc::clone(&map.shards[i].direct), promoted.flatten())
         };
-        if promoted {
-            quarantine_promoted(quorum.nodes()[0].as_ref());
+        if let Some((node, quarantine)) = promoted {
+            log_promoted(&node, quarantine);
         }
         self.refresh();
         Some(quorum)
@@ -513,6 +570,13 @@ impl Cluster {
 
     /// After an `ASK`: the target's twin that sends `ASKING` first.
     fn asking(&self, host: &str, port: u16) -> Option<Arc<Quorum>> {
+        if let Some(quorum) = {
+            let map = self.map.read();
+            map.find(host, port)
+                .map(|i| Arc::clone(&map.shards[i].asking))
+        } {
+            return Some(quorum);
+        }
         let mut map = self.map.write();
         let i = self.shard_at(&mut map, host, port).ok()?;
         Some(Arc::clone(&map.shards[i].asking))
@@ -524,11 +588,11 @@ impl Cluster {
     /// asks again).
     pub(crate) fn refresh(&self) {
         let Some(mut last) = self.refreshed.try_lock() else {
-            self.pending.store(true, Ordering::Relaxed);
+            self.refresh_soon();
             return;
         };
         if last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
-            self.pending.store(true, Ordering::Relaxed);
+            self.refresh_soon();
             return;
         }
         *last = Some(Instant::now());
@@ -536,6 +600,11 @@ impl Cluster {
         if let Err(e) = self.ask_topology() {
             log::warn!("redlease: cluster topology refresh failed: {e}");
         }
+    }
+
+    /// Has the next operation ask for the topology.
+    fn refresh_soon(&self) {
+        self.pending.store(true, Ordering::Relaxed);
     }
 
     /// Asks for the topology now, waiting for a refresh under way.
@@ -547,27 +616,34 @@ impl Cluster {
     }
 
     /// `CLUSTER NODES` from the first known server that answers (those
-    /// serving slots first), then the table rebuilt from it.
+    /// serving slots first, seeds and the rest after), then the table
+    /// rebuilt from it. Servers are asked one after another until one
+    /// answers or one connect and one I/O timeout have passed (a server in
+    /// its reconnect backoff costs nothing).
     fn ask_topology(&self) -> Result<(), Error> {
         let candidates: Vec<(Arc<Node>, String)> = {
-            let nodes = self.nodes();
+            let serving = self.nodes();
             let map = self.map.read();
-            let mut all: Vec<(Arc<Node>, String)> = nodes
-                .iter()
-                .filter_map(|n| {
-                    let shard = map.shards.iter().find(|s| Arc::ptr_eq(s.node(), n))?;
-                    Some((Arc::clone(n), shard.host.clone()))
-                })
-                .collect();
+            let mut all: Vec<(Arc<Node>, String)> = Vec::with_capacity(map.shards.len());
+            for shard in &map.shards {
+                if serving.iter().any(|n| Arc::ptr_eq(n, shard.node())) {
+                    all.push((Arc::clone(shard.node()), shard.host().to_owned()));
+                }
+            }
             for shard in &map.shards {
                 if !all.iter().any(|(n, _)| Arc::ptr_eq(n, shard.node())) {
-                    all.push((Arc::clone(shard.node()), shard.host.clone()));
+                    all.push((Arc::clone(shard.node()), shard.host().to_owned()));
                 }
             }
             all
         };
+        let t = self.template.timeouts;
+        let deadline = time::deadline_in(t.connect.saturating_add(t.io));
         let mut first_error = None;
         for (node, host) in candidates {
+            if first_error.is_some() && Instant::now() >= deadline {
+                break;
+            }
             match ask_nodes(&node).map_err(|f| f.into_error(&node.name)) {
                 Ok(text) => match parse_nodes(&text, &host) {
                     Ok(listed) => return self.adopt(&listed),
@@ -597,44 +673,81 @@ impl Cluster {
         Err(first_error.unwrap_or_else(|| Error::invalid("cluster: no node known")))
     }
 
-    /// Makes `listed` the topology. A master that was a replica in the
-    /// previous one was promoted by a failover: it may lack locks its old
-    /// master granted, so it starts its restart quarantine.
+    /// Makes `listed` the topology. A master that was a replica (in any
+    /// earlier view) and serves slots now was promoted by a failover: it
+    /// may lack locks its old master granted, so its restart quarantine
+    /// starts before the new table is published.
     fn adopt(&self, listed: &[Listed]) -> Result<(), Error> {
         let mut promoted = Vec::new();
         let mut map = self.map.write();
         let mut owner = vec![NO_OWNER; SLOTS].into_boxed_slice();
-        let mut replicas = HashSet::new();
         for node in listed {
-            let i = self.shard_at(&mut map, &node.host, node.port)?;
-            let name = (node.host.to_ascii_lowercase(), node.port);
-            let was_replica = map.replicas.contains(&name);
-            // A replica stays one to us until it serves slots: a view in
-            // which it is a master without slots yet is no promotion.
-            if !node.master || (node.slots.is_empty() && was_replica) {
-                replicas.insert(name);
+            // Known by its IP, or by the host name a MOVED named it by.
+            let known = map.find(&node.host, node.port).or_else(|| {
+                let name = node.hostname.as_deref()?;
+                map.find(name, node.port)
+            });
+            let i = match known {
+                Some(i) => i,
+                None => self.shard_at(&mut map, &node.host, node.port)?,
+            };
+            let shard = &mut map.shards[i];
+            if !shard.is_named(&node.host, node.port) {
+                shard.names.push((node.host.clone(), node.port));
+            }
+            if let Some(name) = &node.hostname
+                && !shard.is_named(name, node.port)
+            {
+                shard.names.push((name.clone(), node.port));
+            }
+            shard.id = Some(node.id.clone());
+            if !node.master {
+                // A failed replica's line may be stale (its address reused
+                // by a master): only live replicas are remembered.
+                if !node.failed {
+                    map.replicas.insert(node.id.clone());
+                }
                 continue;
             }
-            if !node.slots.is_empty() && was_replica {
-                promoted.push(Arc::clone(map.shards[i].node()));
+            if node.slots.is_empty() {
+                continue;
+            }
+            if map.replicas.remove(&node.id) {
+                let node = Arc::clone(map.shards[i].node());
+                if let Some(quarantine) = node.quarantine_now() {
+                    promoted.push((node, quarantine));
+                }
             }
             for &(a, b) in &node.slots {
                 owner[usize::from(a)..=usize::from(b)].fill(i as u16);
             }
         }
         map.owner = owner;
-        map.replicas = replicas;
         drop(map);
-        for node in promoted {
-            quarantine_promoted(&node);
+        for (node, quarantine) in promoted {
+            log_promoted(&node, quarantine);
         }
         Ok(())
     }
 }
 
-/// A replica now serving slots may lack locks its old master granted.
-fn quarantine_promoted(node: &Node) {
-    node.quarantine_now("was a replica and now serves slots (a failover)");
+/// Whether a failed request surely never reached its server (so it may go
+/// to another): the node was in its backoff, no connection was free, or
+/// the connection was refused.
+fn unsent(e: &Error) -> bool {
+    match e {
+        Error::NodeDown { .. } | Error::PoolTimeout { .. } => true,
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
+}
+
+/// Logs a promoted replica's quarantine (outside the table's lock).
+fn log_promoted(node: &Node, quarantine: Duration) {
+    log::warn!(
+        "redlease: node {} was a replica and now serves slots (a failover): it grants no lock for {quarantine:?}",
+        node.name
+    );
 }
 
 /// `CLUSTER NODES` on one node.
@@ -739,6 +852,10 @@ mod tests {
             redirect("CLUSTERDOWN Hash slot not served", "x"),
             Some(Redirect::Later)
         );
+        // Cut short at the kept length: its port cannot be trusted.
+        let long = format!("MOVED 1 {}:6379", "h".repeat(200));
+        let cut = &long[..crate::error::SERVER_TEXT_MAX];
+        assert_eq!(redirect(cut, "x"), Some(Redirect::Unclear));
         for bad in [
             "MOVED",
             "MOVED 99999 h:1",
@@ -767,6 +884,12 @@ aaaa 127.0.0.1:30009@31009 master,noaddr - 0 0 0 disconnected\n";
         );
         assert_eq!(listed[1].slots, vec![(5461, 10922)]);
         assert_eq!(listed[3].host, "10.1.1.1");
+        assert_eq!(listed[0].hostname.as_deref(), Some("host-4"));
+        assert_eq!(listed[1].hostname, None);
+        assert_eq!(listed[1].id, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1");
+        assert!(!listed[1].failed);
+        let failed = parse_nodes(b"ab 1.2.3.4:5@6 slave,fail cd 0 0 1 disconnected\n", "h").unwrap();
+        assert!(failed[0].failed && !failed[0].master);
         assert_eq!(listed[3].slots, vec![(0, 5460), (17, 17)]);
         for bad in [
             &b""[..],

@@ -351,7 +351,7 @@ impl std::error::Error for Error {
 }
 
 /// Longest server error text kept per node failure; longer text is cut.
-const SERVER_TEXT_MAX: usize = 120;
+pub(crate) const SERVER_TEXT_MAX: usize = 120;
 
 /// A server error message kept inline, so a failing node costs no allocation
 /// until the failure is actually reported.

@@ -48,7 +48,7 @@ use crate::error::Error;
 use crate::lock::INLINE_KEY;
 use crate::observe::Observe;
 use crate::quorum::Renewal;
-use crate::route::Route;
+use crate::route::{Route, needs_one_by_one, renewal_of};
 use crate::script::{RENEW_BATCH, RenewArgs};
 use crate::time;
 use crate::token::Token;
@@ -527,7 +527,8 @@ struct Work {
     batch: Vec<Arc<Lease>>,
     args: RenewArgs,
     ttls: SmallVec<[Duration; RENEW_BATCH]>,
-    outcomes: SmallVec<[Option<Renewal>; RENEW_BATCH]>,
+    /// Each lease's renewal, and when its answer came.
+    outcomes: SmallVec<[Option<(Renewal, Instant)>; RENEW_BATCH]>,
     /// (slot, due) to put back in the heap.
     next: SmallVec<[(u32, u64); RENEW_BATCH]>,
 }
@@ -693,10 +694,21 @@ impl Core {
             let token = first.token.expect("a taken lease has a token");
             let outcomes = &mut work.outcomes[start..end];
             let op = work.args.op();
-            self.route
-                .renew_many(&first.key, op, &token, &work.ttls, |j, outcome| {
-                    outcomes[j] = Some(outcome)
-                });
+            let refused =
+                self.route
+                    .renew_many(&first.key, op, &token, &work.ttls, |j, outcome| {
+                        outcomes[j] = Some((outcome, Instant::now()))
+                    });
+            // A slot being migrated refuses a batch of its keys until the
+            // migration ends: each is renewed alone, following its own
+            // redirection (rare: no allocation spared here).
+            if refused.as_ref().is_some_and(needs_one_by_one) {
+                for (j, t) in taken[start..end].iter().enumerate() {
+                    let token = t.data.token.as_ref().expect("a taken lease has a token");
+                    let extended = self.route.extend(&t.data.key, token, t.data.ttl);
+                    work.outcomes[start + j] = Some((renewal_of(extended), Instant::now()));
+                }
+            }
             start = end;
         }
         let now = Instant::now();
@@ -712,11 +724,16 @@ impl Core {
                 // Loss is final: a lock whose validity ran out before the
                 // renewal was confirmed was unprotected for a while, and a
                 // later renewal cannot undo that.
-                Some(Renewal::Renewed(_)) if lease.valid_until() <= now => None,
-                Some(Renewal::Renewed(until)) => Some((*until, began + period)),
-                Some(Renewal::Undecided {
-                    valid_until_at_most,
-                }) => {
+                // (Each batch by when its own answer came: a cluster's
+                // batches go one after another.)
+                Some((Renewal::Renewed(_), answered)) if lease.valid_until() <= *answered => None,
+                Some((Renewal::Renewed(until), _)) => Some((*until, began + period)),
+                Some((
+                    Renewal::Undecided {
+                        valid_until_at_most,
+                    },
+                    _,
+                )) => {
                     // The extend rule: never longer than before, nor than
                     // the renewal could have set.
                     let until = valid_until_at_most.map_or(lease.valid_until(), |at_most| {
@@ -726,7 +743,7 @@ impl Core {
                     let retry = (left / 3).clamp(RETRY_MIN.min(period), period);
                     (!left.is_zero()).then(|| (until, now + retry))
                 }
-                Some(Renewal::Lost) | None => None,
+                Some((Renewal::Lost, _)) | None => None,
             };
             match valid_until {
                 Some((until, due)) => {

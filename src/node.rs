@@ -553,22 +553,16 @@ impl Node {
         }
     }
 
-    /// Starts the restart quarantine now, for `why` (a cluster replica
-    /// promoted to master may lack locks its old master granted); nothing
-    /// if the quarantine is off.
-    pub(crate) fn quarantine_now(&self, why: &str) {
-        let Some(quarantine) = self.config.quarantine else {
-            return;
-        };
+    /// Starts the restart quarantine now (a cluster replica promoted to
+    /// master may lack locks its old master granted); returns its length,
+    /// for the caller to log, or `None` if the quarantine is off.
+    pub(crate) fn quarantine_now(&self) -> Option<Duration> {
+        let quarantine = self.config.quarantine?;
         let until = time::deadline_in(quarantine);
         let mut state = self.state.lock();
         state.quarantined_until = Some(state.quarantined_until.map_or(until, |u| u.max(until)));
         self.quarantined.store(true, Ordering::Relaxed);
-        drop(state);
-        log::warn!(
-            "redlease: node {} {why}: it grants no lock for {quarantine:?}",
-            self.name
-        );
+        Some(quarantine)
     }
 
     /// Opens connections until `n` are idle in the pool (at most the pool

@@ -141,6 +141,25 @@ impl Quorum {
         })
     }
 
+    /// A quorum of one node, without the checks `new` makes of a list
+    /// (nothing to compare, and no name lookup: a cluster makes these
+    /// under its table's lock).
+    pub(crate) fn single(
+        endpoint: Endpoint,
+        timeouts: Timeouts,
+        pool: NodeConfig,
+        drift_factor: f64,
+        replicas: Option<(u32, Duration)>,
+    ) -> Quorum {
+        Quorum {
+            nodes: Box::new([Arc::new(Node::new(endpoint, timeouts, pool))]),
+            drift_ppb: ppb(drift_factor),
+            io_timeout: timeouts.io.min(time::FAR),
+            replicas,
+            asking: false,
+        }
+    }
+
     /// The same nodes (and pools), every request sent after `ASKING`.
     pub(crate) fn asking_twin(&self) -> Quorum {
         Quorum {
@@ -435,9 +454,15 @@ impl Quorum {
     }
 
     /// Fair mode: leaves the queue (a waiter giving up), best effort; the
-    /// queue's lease would drop it anyway.
-    pub(crate) fn fair_leave(&self, key: &[u8], token: &Token) {
-        self.round(Op::FairLeave, key, token).run(self.all());
+    /// queue's lease would drop it anyway. Returns a node's failure, if
+    /// one failed (a cluster follows its redirection).
+    pub(crate) fn fair_leave(&self, key: &[u8], token: &Token) -> Option<Error> {
+        let mut round = self.round(Op::FairLeave, key, token);
+        round.run(self.all());
+        round
+            .into_tally()
+            .first_failure
+            .map(|(i, failure)| failure.into_error(&self.nodes[i].name))
     }
 
     /// Releases on every node. `true` when a quorum deleted our key, `false`

@@ -92,7 +92,7 @@ impl Route {
                 let mut op = op;
                 op(q)
             }
-            Route::Cluster(c) => c.on(key, op, error),
+            Route::Cluster(c) => c.on(key, op, error, true),
         }
     }
 
@@ -144,9 +144,9 @@ impl Route {
         )
     }
 
-    /// See [`Quorum::fair_leave`] (best effort: not redirected).
+    /// See [`Quorum::fair_leave`].
     pub(crate) fn fair_leave(&self, key: &[u8], token: &Token) {
-        self.on(key, |q| q.fair_leave(key, token), |_| None);
+        self.on(key, |q| q.fair_leave(key, token), Option::as_ref);
     }
 
     /// See [`Quorum::release`].
@@ -170,7 +170,11 @@ impl Route {
     }
 
     /// See [`Quorum::renew_many`]; in a cluster every key of the batch is
-    /// in the slot of `key` (the keeper batches by slot).
+    /// in the slot of `key` (the keeper batches by slot). Returns the error
+    /// that left the batch undecided, if one did: in a cluster, a batch
+    /// whose slot is being migrated is refused (`TRYAGAIN`, or `ASK` for
+    /// keys already moved) and the keeper renews its locks one by one (see
+    /// [`needs_one_by_one`]).
     pub(crate) fn renew_many(
         &self,
         key: &[u8],
@@ -178,13 +182,43 @@ impl Route {
         token: &Token,
         ttls: &[Duration],
         mut each: impl FnMut(usize, Renewal),
-    ) {
-        // A redirected batch is renewed again where it went; its outcomes
-        // replace the first's.
-        self.on(
-            key,
-            |q| q.renew_many(op, token, ttls, &mut each),
-            Option::as_ref,
-        );
+    ) -> Option<Error> {
+        match self {
+            Route::Quorum(q) => q.renew_many(op, token, ttls, each),
+            // A redirected batch is renewed again where it went; its
+            // outcomes replace the first's. Not patient: the keeper holds
+            // its leases meanwhile.
+            Route::Cluster(c) => c.on(
+                key,
+                |q| q.renew_many(op, token, ttls, &mut each),
+                Option::as_ref,
+                false,
+            ),
+        }
+    }
+}
+
+/// Whether a cluster batch's error means its slot is being migrated, so
+/// that its locks are renewed one by one (each follows its own `ASK`).
+pub(crate) fn needs_one_by_one(error: &Error) -> bool {
+    matches!(error, Error::Server { message, .. }
+        if message.starts_with("TRYAGAIN") || message.starts_with("ASK "))
+}
+
+/// What a single extend's outcome means for a renewal, by the batch's
+/// rules (see [`Quorum::renew_many`]).
+pub(crate) fn renewal_of(extended: Result<Instant, ExtendFailed>) -> Renewal {
+    match extended {
+        Ok(until) => Renewal::Renewed(until),
+        Err(ExtendFailed {
+            error: Error::LockLost | Error::ValidityExpired { .. },
+            ..
+        }) => Renewal::Lost,
+        Err(ExtendFailed {
+            valid_until_at_most,
+            ..
+        }) => Renewal::Undecided {
+            valid_until_at_most,
+        },
     }
 }

@@ -26,8 +26,13 @@ impl Cluster {
     /// `masters` masters, each with `replicas` replicas, the slots split in
     /// even ranges; returns once every node sees the cluster as ok.
     pub fn start(masters: usize, replicas: usize) -> Cluster {
+        Cluster::start_with(masters, replicas, &[])
+    }
+
+    /// [`start`](Self::start), every server with `extra` arguments too.
+    pub fn start_with(masters: usize, replicas: usize, extra: &[&str]) -> Cluster {
         let timeout = NODE_TIMEOUT_MS.to_string();
-        let args = [
+        let mut args = vec![
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
@@ -38,6 +43,7 @@ impl Cluster {
             "--cluster-replica-validity-factor",
             "0",
         ];
+        args.extend_from_slice(extra);
         let servers: Vec<RedisServer> = (0..masters * (1 + replicas))
             .map(|_| RedisServer::try_start_detached(&args).unwrap_or_else(|e| panic!("{e}")))
             .collect();
@@ -106,15 +112,46 @@ impl Cluster {
         (first as u16, last as u16)
     }
 
-    /// Waits until every live node says `cluster_state:ok` and agrees on
-    /// who serves every slot.
+    /// Waits until every live node says `cluster_state:ok` and they all
+    /// agree on which master serves which slots.
     pub fn wait_ok(&self, limit: Duration) {
-        eventually(limit, "cluster state ok", || {
-            self.servers.iter().filter(|s| s.pid().is_some()).all(|s| {
-                s.raw(b"CLUSTER INFO", Duration::from_secs(1))
+        eventually(limit, "cluster state ok and agreed", || {
+            let live: Vec<usize> = (0..self.servers.len())
+                .filter(|&i| self.servers[i].pid().is_some())
+                .collect();
+            live.iter().all(|&i| {
+                self.servers[i]
+                    .raw(b"CLUSTER INFO", Duration::from_secs(1))
                     .is_some_and(|info| info.contains("cluster_state:ok"))
-            })
+            }) && live
+                .windows(2)
+                .all(|w| self.slot_map(w[0]) == self.slot_map(w[1]))
         });
+    }
+
+    /// Server `asked`'s view of who serves what: (port, slot ranges) of
+    /// every live master, sorted.
+    fn slot_map(&self, asked: usize) -> Vec<String> {
+        let nodes: String = self.servers[asked].cmd(&[b"CLUSTER", b"NODES"]);
+        let mut map: Vec<String> = nodes
+            .lines()
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                if fields.len() < 8 || !fields[2].contains("master") || fields[2].contains("fail") {
+                    return None;
+                }
+                let addr = fields[1].split('@').next()?;
+                // Migration marks differ between source and target views.
+                let slots: Vec<&str> = fields[8..]
+                    .iter()
+                    .copied()
+                    .filter(|r| !r.starts_with('['))
+                    .collect();
+                Some(format!("{addr} {}", slots.join(" ")))
+            })
+            .collect();
+        map.sort();
+        map
     }
 
     /// Server `i`'s node id.
@@ -228,6 +265,16 @@ impl Cluster {
     /// one `MIGRATE` at a time, then `SETSLOT … NODE` everywhere. Returns
     /// the keys moved.
     pub fn migrate(&self, slot: u16, from: usize, to: usize, pause: Duration) -> usize {
+        self.begin_migration(slot, from, to);
+        std::thread::sleep(pause);
+        let moved = self.migrate_keys(slot, from, to, usize::MAX, pause / 10);
+        std::thread::sleep(pause);
+        self.finish_migration(slot, from, to);
+        moved
+    }
+
+    /// Marks `slot` importing on `to` and migrating on `from`.
+    pub fn begin_migration(&self, slot: u16, from: usize, to: usize) {
         let slot_text = slot.to_string();
         let (from_id, to_id) = (self.id(from), self.id(to));
         let _: () = self.servers[to].cmd(&[
@@ -244,11 +291,23 @@ impl Cluster {
             b"MIGRATING",
             to_id.as_bytes(),
         ]);
-        std::thread::sleep(pause);
+    }
+
+    /// Moves up to `at_most` of the slot's keys, one `MIGRATE` each,
+    /// `pause` apart; returns how many.
+    pub fn migrate_keys(
+        &self,
+        slot: u16,
+        from: usize,
+        to: usize,
+        at_most: usize,
+        pause: Duration,
+    ) -> usize {
+        let slot_text = slot.to_string();
         let to_port = self.servers[to].port.to_string();
         let mut moved = 0;
         let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
+        while moved < at_most {
             assert!(Instant::now() < deadline, "slot {slot} did not empty");
             let keys: Vec<Vec<u8>> =
                 self.servers[from].cmd(&[b"CLUSTER", b"GETKEYSINSLOT", slot_text.as_bytes(), b"1"]);
@@ -268,11 +327,16 @@ impl Cluster {
                 continue;
             }
             moved += 1;
-            std::thread::sleep(pause / 10);
+            std::thread::sleep(pause);
         }
-        std::thread::sleep(pause);
-        // The target first, then the source, then every master (as
-        // redis-cli).
+        moved
+    }
+
+    /// Gives `slot` to `to`: the target first, then the source, then every
+    /// master (as redis-cli).
+    pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
+        let slot_text = slot.to_string();
+        let to_id = self.id(to);
         let masters =
             (0..self.servers.len()).filter(|&i| i != to && i != from && self.is_master(i));
         for i in std::iter::once(to)
@@ -287,6 +351,5 @@ impl Cluster {
                 to_id.as_bytes(),
             ]);
         }
-        moved
     }
 }
