@@ -888,7 +888,8 @@ aaaa 127.0.0.1:30009@31009 master,noaddr - 0 0 0 disconnected\n";
         assert_eq!(listed[1].hostname, None);
         assert_eq!(listed[1].id, "67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1");
         assert!(!listed[1].failed);
-        let failed = parse_nodes(b"ab 1.2.3.4:5@6 slave,fail cd 0 0 1 disconnected\n", "h").unwrap();
+        let failed =
+            parse_nodes(b"ab 1.2.3.4:5@6 slave,fail cd 0 0 1 disconnected\n", "h").unwrap();
         assert!(failed[0].failed && !failed[0].master);
         assert_eq!(listed[3].slots, vec![(0, 5460), (17, 17)]);
         for bad in [
