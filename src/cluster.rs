@@ -27,7 +27,7 @@
 //!   like a restarted node. A manager that never saw it as a replica cannot
 //!   know; `wait_for_replicas` narrows that window as with Sentinel.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -143,6 +143,9 @@ struct Listed {
     master: bool,
     /// Flagged `fail` or `fail?`: its line may be stale.
     failed: bool,
+    /// The configuration epoch: its own for a master, its master's for a
+    /// replica (a newer view of who serves what has a higher one).
+    epoch: u64,
     /// Slot ranges it serves, inclusive (migration entries left out).
     slots: Vec<(u16, u16)>,
 }
@@ -192,6 +195,9 @@ fn parse_nodes(text: &[u8], from: &str) -> Result<Vec<Listed>, &'static str> {
             hostname,
             master: flags.contains(&"master"),
             failed: flags.iter().any(|f| matches!(*f, "fail" | "fail?")),
+            epoch: fields[6]
+                .parse()
+                .map_err(|_| "a CLUSTER NODES config epoch is not a number")?,
             slots,
         });
     }
@@ -205,10 +211,11 @@ fn parse_nodes(text: &[u8], from: &str) -> Result<Vec<Listed>, &'static str> {
 /// quorum of one, and a twin of it that sends `ASKING` first (both over
 /// the same node and pool).
 struct Shard {
-    /// Every `host:port` it is known by (the IP, an announced host name,
-    /// a seed's name); the first is the one connected to.
+    /// The `host:port` it connects to (its identity: a shard is whatever
+    /// server answers there), then the host name the latest topology says
+    /// that server announces, if any (`MOVED` may name it).
     names: Vec<(String, u16)>,
-    /// Its node id, once a topology listed it.
+    /// The node id the latest topology gave the server at that address.
     id: Option<String>,
     direct: Arc<Quorum>,
     asking: Arc<Quorum>,
@@ -228,6 +235,11 @@ impl Shard {
             .iter()
             .any(|(h, p)| *p == port && h.eq_ignore_ascii_case(host))
     }
+
+    fn dials(&self, host: &str, port: u16) -> bool {
+        let (h, p) = &self.names[0];
+        *p == port && h.eq_ignore_ascii_case(host)
+    }
 }
 
 /// The slot table.
@@ -237,15 +249,27 @@ struct Map {
     /// Every server seen, in the order seen; never removed (a server that
     /// left keeps its pool until the manager goes, and owns no slot).
     shards: Vec<Shard>,
-    /// Node ids seen as replicas and not seen serving slots since, to
-    /// recognise a promotion (every view adds to it: a view that leaves a
-    /// replica out does not make the manager forget it).
+    /// Node ids seen as replicas and not seen as masters since, to
+    /// recognise a promotion (a view that leaves a replica out does not
+    /// make the manager forget it).
     replicas: HashSet<String>,
+    /// The highest configuration epoch each node id was seen serving
+    /// slots at: a replica line for it at that epoch or older is a view
+    /// from before its promotion (a lagging node), not a demotion.
+    served: HashMap<String, u64>,
+    /// The highest configuration epoch among the masters of the adopted
+    /// topology: a view with a lower one is older (a lagging node's).
+    epoch: u64,
 }
 
 impl Map {
+    /// A server the latest topology listed, by any of its names; else the
+    /// shard that connects to `host:port`.
     fn find(&self, host: &str, port: u16) -> Option<usize> {
-        self.shards.iter().position(|s| s.is_named(host, port))
+        self.shards
+            .iter()
+            .position(|s| s.id.is_some() && s.is_named(host, port))
+            .or_else(|| self.shards.iter().position(|s| s.dials(host, port)))
     }
 
     /// Whether the shard was last seen as a replica.
@@ -326,6 +350,8 @@ impl Cluster {
                 owner: vec![NO_OWNER; SLOTS].into_boxed_slice(),
                 shards: Vec::new(),
                 replicas: HashSet::new(),
+                served: HashMap::new(),
+                epoch: 0,
             }),
             refreshed: Mutex::new(None),
             pending: AtomicBool::new(false),
@@ -459,7 +485,13 @@ impl Cluster {
     fn owner(&self, slot: u16) -> Arc<Quorum> {
         let map = self.map.read();
         let i = match map.owner[usize::from(slot)] {
-            NO_OWNER => 0,
+            // Rare (before the first topology, or a slot no one serves):
+            // any master serving slots, else the first seed.
+            NO_OWNER => map
+                .owner
+                .iter()
+                .find(|&&o| o != NO_OWNER)
+                .map_or(0, |&o| usize::from(o)),
             i => usize::from(i),
         };
         Arc::clone(&map.shards[i].direct)
@@ -501,9 +533,11 @@ impl Cluster {
                     match redirect(message, from) {
                         Some(Redirect::Moved { slot, host, port }) => self.moved(slot, &host, port),
                         Some(Redirect::Ask { host, port }) => self.asking(&host, port),
+                        // Only the topology can say: once, if it moved.
                         Some(Redirect::Unclear) => {
                             self.refresh();
-                            Some(self.owner(slot))
+                            let now = self.owner(slot);
+                            (!Arc::ptr_eq(&now, &quorum)).then_some(now)
                         }
                         // Waits at most one I/O timeout in all, in growing
                         // naps (a migration's key batch, an election).
@@ -551,15 +585,9 @@ impl Cluster {
         let (quorum, promoted) = {
             let mut map = self.map.write();
             let i = self.shard_at(&mut map, host, port).ok()?;
-            let promoted = map.was_replica(i).then(|| {
-                let node = Arc::clone(map.shards[i].node());
-                node.quarantine_now().map(|d| (node, d))
-            });
-            if let Some(id) = map.shards[i].id.clone() {
-                map.replicas.remove(&id);
-            }
+            let promoted = self.promote(&mut map, i);
             map.owner[usize::from(slot)] = i as u16;
-            (Arc::clone(&map.shards[i].direct), promoted.flatten())
+            (Arc::clone(&map.shards[i].direct), promoted)
         };
         if let Some((node, quarantine)) = promoted {
             log_promoted(&node, quarantine);
@@ -568,18 +596,39 @@ impl Cluster {
         Some(quorum)
     }
 
-    /// After an `ASK`: the target's twin that sends `ASKING` first.
+    /// After an `ASK`: the target's twin that sends `ASKING` first (an
+    /// importing master; one last seen as a replica is quarantined first,
+    /// as for `MOVED`).
     fn asking(&self, host: &str, port: u16) -> Option<Arc<Quorum>> {
         if let Some(quorum) = {
             let map = self.map.read();
             map.find(host, port)
+                .filter(|&i| !map.was_replica(i))
                 .map(|i| Arc::clone(&map.shards[i].asking))
         } {
             return Some(quorum);
         }
-        let mut map = self.map.write();
-        let i = self.shard_at(&mut map, host, port).ok()?;
-        Some(Arc::clone(&map.shards[i].asking))
+        let (quorum, promoted) = {
+            let mut map = self.map.write();
+            let i = self.shard_at(&mut map, host, port).ok()?;
+            (Arc::clone(&map.shards[i].asking), self.promote(&mut map, i))
+        };
+        if let Some((node, quarantine)) = promoted {
+            log_promoted(&node, quarantine);
+        }
+        Some(quorum)
+    }
+
+    /// Shard `i` is named as a slot's master: if it was last seen as a
+    /// replica, it was promoted, and its quarantine starts now (before the
+    /// caller publishes anything naming it). Returns what to log.
+    fn promote(&self, map: &mut Map, i: usize) -> Option<(Arc<Node>, Duration)> {
+        let id = map.shards[i].id.clone()?;
+        if !map.replicas.remove(&id) {
+            return None;
+        }
+        let node = Arc::clone(map.shards[i].node());
+        node.quarantine_now().map(|d| (node, d))
     }
 
     /// Asks for the topology again, unless another thread is asking or it
@@ -646,7 +695,15 @@ impl Cluster {
             }
             match ask_nodes(&node).map_err(|f| f.into_error(&node.name)) {
                 Ok(text) => match parse_nodes(&text, &host) {
-                    Ok(listed) => return self.adopt(&listed),
+                    Ok(listed) => {
+                        if self.adopt(&listed)? {
+                            return Ok(());
+                        }
+                        first_error.get_or_insert(Error::Protocol {
+                            node: Arc::clone(&node.name),
+                            detail: "its view of the cluster is older than the one in use",
+                        });
+                    }
                     Err(detail) => {
                         first_error.get_or_insert(Error::Protocol {
                             node: Arc::clone(&node.name),
@@ -673,53 +730,72 @@ impl Cluster {
         Err(first_error.unwrap_or_else(|| Error::invalid("cluster: no node known")))
     }
 
-    /// Makes `listed` the topology. A master that was a replica (in any
-    /// earlier view) and serves slots now was promoted by a failover: it
-    /// may lack locks its old master granted, so its restart quarantine
-    /// starts before the new table is published.
-    fn adopt(&self, listed: &[Listed]) -> Result<(), Error> {
+    /// Makes `listed` the topology. A shard is the server at an address:
+    /// its id and announced host name are what this view says. A master
+    /// serving slots that was last seen as a replica was promoted by a
+    /// failover: it may lack locks its old master granted, so its restart
+    /// quarantine starts before the new table is published. Lines flagged
+    /// failed may be stale: they change no id, name or role.
+    /// Returns `false`, changing nothing, for a view older than the one in
+    /// use (its masters' highest epoch is lower: a node that has not heard
+    /// of a failover yet).
+    fn adopt(&self, listed: &[Listed]) -> Result<bool, Error> {
         let mut promoted = Vec::new();
         let mut map = self.map.write();
+        let epoch = listed
+            .iter()
+            .filter(|n| n.master && !n.failed)
+            .map(|n| n.epoch)
+            .max()
+            .unwrap_or(0);
+        if epoch < map.epoch {
+            return Ok(false);
+        }
+        map.epoch = epoch;
         let mut owner = vec![NO_OWNER; SLOTS].into_boxed_slice();
+        // Names are this view's: an address that changed hands, or a host
+        // name that moved, leaves nothing behind.
+        for shard in &mut map.shards {
+            shard.names.truncate(1);
+        }
         for node in listed {
-            // Known by its IP, or by the host name a MOVED named it by.
-            let known = map.find(&node.host, node.port).or_else(|| {
-                let name = node.hostname.as_deref()?;
-                map.find(name, node.port)
-            });
-            let i = match known {
+            let i = match map
+                .shards
+                .iter()
+                .position(|s| s.dials(&node.host, node.port))
+            {
                 Some(i) => i,
                 None => self.shard_at(&mut map, &node.host, node.port)?,
             };
-            let shard = &mut map.shards[i];
-            if !shard.is_named(&node.host, node.port) {
-                shard.names.push((node.host.clone(), node.port));
-            }
-            if let Some(name) = &node.hostname
-                && !shard.is_named(name, node.port)
-            {
-                shard.names.push((name.clone(), node.port));
-            }
-            shard.id = Some(node.id.clone());
-            if !node.master {
-                // A failed replica's line may be stale (its address reused
-                // by a master): only live replicas are remembered.
-                if !node.failed {
+            if !node.failed {
+                // The id belongs to this address now, and to no other.
+                for shard in &mut map.shards {
+                    if shard.id.as_deref() == Some(node.id.as_str()) {
+                        shard.id = None;
+                    }
+                }
+                let shard = &mut map.shards[i];
+                shard.id = Some(node.id.clone());
+                if let Some(name) = &node.hostname {
+                    shard.names.push((name.clone(), node.port));
+                }
+                if node.master {
+                    if !node.slots.is_empty() {
+                        let served = map.served.entry(node.id.clone()).or_insert(0);
+                        *served = (*served).max(node.epoch);
+                        if let Some(p) = self.promote(&mut map, i) {
+                            promoted.push(p);
+                        }
+                    }
+                    map.replicas.remove(&node.id);
+                } else if map.served.get(&node.id).is_none_or(|&e| node.epoch > e) {
                     map.replicas.insert(node.id.clone());
                 }
-                continue;
             }
-            if node.slots.is_empty() {
-                continue;
-            }
-            if map.replicas.remove(&node.id) {
-                let node = Arc::clone(map.shards[i].node());
-                if let Some(quarantine) = node.quarantine_now() {
-                    promoted.push((node, quarantine));
+            if node.master {
+                for &(a, b) in &node.slots {
+                    owner[usize::from(a)..=usize::from(b)].fill(i as u16);
                 }
-            }
-            for &(a, b) in &node.slots {
-                owner[usize::from(a)..=usize::from(b)].fill(i as u16);
             }
         }
         map.owner = owner;
@@ -727,19 +803,16 @@ impl Cluster {
         for (node, quarantine) in promoted {
             log_promoted(&node, quarantine);
         }
-        Ok(())
+        Ok(true)
     }
 }
 
 /// Whether a failed request surely never reached its server (so it may go
-/// to another): the node was in its backoff, no connection was free, or
-/// the connection was refused.
+/// to another): the node was in its reconnect backoff, or no connection
+/// was free. (A refused connection is not enough: a request on an earlier
+/// connection may have landed before the server went.)
 fn unsent(e: &Error) -> bool {
-    match e {
-        Error::NodeDown { .. } | Error::PoolTimeout { .. } => true,
-        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::ConnectionRefused,
-        _ => false,
-    }
+    matches!(e, Error::NodeDown { .. } | Error::PoolTimeout { .. })
 }
 
 /// Logs a promoted replica's quarantine (outside the table's lock).
@@ -902,6 +975,174 @@ aaaa 127.0.0.1:30009@31009 master,noaddr - 0 0 0 disconnected\n";
         ] {
             assert!(parse_nodes(bad, "h").is_err(), "{bad:?}");
         }
+    }
+
+    fn listed(id: &str, port: u16, master: bool, epoch: u64, slots: &[(u16, u16)]) -> Listed {
+        Listed {
+            id: id.into(),
+            host: "127.0.0.1".into(),
+            port,
+            hostname: None,
+            master,
+            failed: false,
+            epoch,
+            slots: slots.to_vec(),
+        }
+    }
+
+    fn cluster() -> Cluster {
+        Cluster::new(
+            vec![Endpoint::tcp("127.0.0.1", 7000)],
+            Timeouts {
+                connect: Duration::from_millis(100),
+                io: Duration::from_millis(100),
+            },
+            NodeConfig {
+                max_conns: 1,
+                wait: Duration::from_millis(1),
+                quarantine: Some(Duration::from_secs(60)),
+            },
+            0.01,
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Whether the shard connecting to `port` is quarantined.
+    fn quarantined(c: &Cluster, port: u16) -> bool {
+        let map = c.map.read();
+        let i = map.find("127.0.0.1", port).unwrap();
+        map.shards[i].node().quarantined().is_some()
+    }
+
+    const ALL: &[(u16, u16)] = &[(0, 16383)];
+
+    #[test]
+    fn promotions_are_quarantined_and_stale_views_ignored() {
+        let c = cluster();
+        // A serves everything, B replicates it.
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, true, 1, ALL),
+                listed("b", 7001, false, 1, &[])
+            ])
+            .unwrap()
+        );
+        assert!(!quarantined(&c, 7000) && !quarantined(&c, 7001));
+        // B promoted (epoch 2), A now its replica.
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, false, 2, &[]),
+                listed("b", 7001, true, 2, ALL)
+            ])
+            .unwrap()
+        );
+        assert!(quarantined(&c, 7001), "the promoted replica");
+        assert!(!quarantined(&c, 7000));
+        // A node that has not heard of the failover: its view is older.
+        assert!(
+            !c.adopt(&[
+                listed("a", 7000, true, 1, ALL),
+                listed("b", 7001, false, 1, &[])
+            ])
+            .unwrap()
+        );
+        assert!(
+            !quarantined(&c, 7000),
+            "a stale view promoted the old master"
+        );
+        assert_eq!(c.owner(5).nodes()[0].name.as_ref(), "127.0.0.1:7001");
+        // A failed replica line with a current master's address changes
+        // nothing about it.
+        let mut stale = listed("old", 7001, false, 3, &[]);
+        stale.failed = true;
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, false, 2, &[]),
+                listed("b", 7001, true, 2, ALL),
+                stale
+            ])
+            .unwrap()
+        );
+        assert_eq!(c.map.read().shards[1].id.as_deref(), Some("b"));
+        // A master without slots that was a replica is no longer one: a
+        // migration giving it slots later is no promotion.
+        let c = cluster();
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, true, 1, ALL),
+                listed("c", 7002, false, 1, &[])
+            ])
+            .unwrap()
+        );
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, true, 1, ALL),
+                listed("c", 7002, true, 3, &[])
+            ])
+            .unwrap()
+        );
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, true, 4, &[(0, 99)]),
+                listed("c", 7002, true, 4, &[(100, 16383)])
+            ])
+            .unwrap()
+        );
+        assert!(!quarantined(&c, 7002), "a migration is no failover");
+    }
+
+    #[test]
+    fn moved_to_a_replica_quarantines_it_first() {
+        let c = cluster();
+        assert!(
+            c.adopt(&[
+                listed("a", 7000, true, 1, ALL),
+                listed("b", 7001, false, 1, &[])
+            ])
+            .unwrap()
+        );
+        let q = c.moved(9, "127.0.0.1", 7001).unwrap();
+        assert!(q.nodes()[0].quarantined().is_some());
+        // Named by its announced host name: the same server.
+        let c = cluster();
+        let mut b = listed("b", 7001, false, 1, &[]);
+        b.hostname = Some("b.example".into());
+        assert!(c.adopt(&[listed("a", 7000, true, 1, ALL), b]).unwrap());
+        let q = c.moved(9, "B.EXAMPLE", 7001).unwrap();
+        assert_eq!(q.nodes()[0].name.as_ref(), "127.0.0.1:7001");
+        assert!(q.nodes()[0].quarantined().is_some());
+    }
+
+    #[test]
+    fn a_server_is_its_address() {
+        let c = cluster();
+        let mut b = listed("b", 7001, true, 1, &[(0, 99)]);
+        b.hostname = Some("b.example".into());
+        assert!(
+            c.adopt(&[listed("a", 7000, true, 1, &[(100, 16383)]), b.clone()])
+                .unwrap()
+        );
+        // B comes back at another address with its id and host name: a new
+        // shard connects there, and the old address keeps no name.
+        let mut moved = b.clone();
+        moved.port = 7005;
+        assert!(
+            c.adopt(&[listed("a", 7000, true, 1, &[(100, 16383)]), moved])
+                .unwrap()
+        );
+        assert_eq!(c.owner(5).nodes()[0].name.as_ref(), "127.0.0.1:7005");
+        let map = c.map.read();
+        let old = map
+            .shards
+            .iter()
+            .find(|s| s.dials("127.0.0.1", 7001))
+            .unwrap();
+        assert_eq!(old.id, None);
+        assert_eq!(old.names.len(), 1);
+        drop(map);
+        let q = c.asking("b.example", 7005).unwrap();
+        assert_eq!(q.nodes()[0].name.as_ref(), "127.0.0.1:7005");
     }
 
     #[test]

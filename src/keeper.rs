@@ -705,7 +705,7 @@ impl Core {
             if refused.as_ref().is_some_and(needs_one_by_one) {
                 for (j, t) in taken[start..end].iter().enumerate() {
                     let token = t.data.token.as_ref().expect("a taken lease has a token");
-                    let extended = self.route.extend(&t.data.key, token, t.data.ttl);
+                    let extended = self.route.extend_now(&t.data.key, token, t.data.ttl);
                     work.outcomes[start + j] = Some((renewal_of(extended), Instant::now()));
                 }
             }

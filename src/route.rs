@@ -87,12 +87,25 @@ impl Route {
         op: impl FnMut(&Quorum) -> T,
         error: impl Fn(&T) -> Option<&Error>,
     ) -> T {
+        self.on_with(key, op, error, true)
+    }
+
+    /// [`on`](Self::on); not `patient`: a cluster's `TRYAGAIN` and
+    /// `CLUSTERDOWN` are returned at once rather than asked again.
+    #[inline]
+    fn on_with<T>(
+        &self,
+        key: &[u8],
+        op: impl FnMut(&Quorum) -> T,
+        error: impl Fn(&T) -> Option<&Error>,
+        patient: bool,
+    ) -> T {
         match self {
             Route::Quorum(q) => {
                 let mut op = op;
                 op(q)
             }
-            Route::Cluster(c) => c.on(key, op, error, true),
+            Route::Cluster(c) => c.on(key, op, error, patient),
         }
     }
 
@@ -166,6 +179,22 @@ impl Route {
             key,
             |q| q.extend(key, token, ttl),
             |r| r.as_ref().err().map(|f| &f.error),
+        )
+    }
+
+    /// [`extend`](Self::extend) without waiting out a cluster's `TRYAGAIN`
+    /// or `CLUSTERDOWN` (the keeper's, which holds other leases meanwhile).
+    pub(crate) fn extend_now(
+        &self,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Instant, ExtendFailed> {
+        self.on_with(
+            key,
+            |q| q.extend(key, token, ttl),
+            |r| r.as_ref().err().map(|f| &f.error),
+            false,
         )
     }
 
