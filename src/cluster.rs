@@ -49,6 +49,9 @@ pub(crate) const SLOTS: usize = 16_384;
 /// Most redirections one operation follows before its error is returned.
 const MAX_HOPS: u32 = 8;
 
+/// How many servers a topology refresh asks for their view.
+const VIEWS: usize = 3;
+
 /// Least time between two topology refreshes.
 pub(crate) const REFRESH_GAP: Duration = Duration::from_millis(100);
 
@@ -664,11 +667,13 @@ impl Cluster {
         self.ask_topology()
     }
 
-    /// `CLUSTER NODES` from the first known server that answers (those
-    /// serving slots first, seeds and the rest after), then the table
-    /// rebuilt from it. Servers are asked one after another until one
-    /// answers or one connect and one I/O timeout have passed (a server in
-    /// its reconnect backoff costs nothing).
+    /// `CLUSTER NODES` from the first [`VIEWS`] known servers that answer
+    /// (those serving slots first, seeds and the rest after), the table
+    /// rebuilt from the newest view (a master that has not yet heard of its
+    /// own demotion describes an older one, and is often the one asked
+    /// first). Servers are asked one after another until enough answer or
+    /// one connect and one I/O timeout have passed (a server in its
+    /// reconnect backoff costs nothing).
     fn ask_topology(&self) -> Result<(), Error> {
         let candidates: Vec<(Arc<Node>, String)> = {
             let serving = self.nodes();
@@ -689,20 +694,19 @@ impl Cluster {
         let t = self.template.timeouts;
         let deadline = time::deadline_in(t.connect.saturating_add(t.io));
         let mut first_error = None;
+        let mut views = 0;
+        let mut adopted = false;
         for (node, host) in candidates {
-            if first_error.is_some() && Instant::now() >= deadline {
+            if views == VIEWS
+                || (views + usize::from(first_error.is_some()) > 0 && Instant::now() >= deadline)
+            {
                 break;
             }
             match ask_nodes(&node).map_err(|f| f.into_error(&node.name)) {
                 Ok(text) => match parse_nodes(&text, &host) {
                     Ok(listed) => {
-                        if self.adopt(&listed)? {
-                            return Ok(());
-                        }
-                        first_error.get_or_insert(Error::Protocol {
-                            node: Arc::clone(&node.name),
-                            detail: "its view of the cluster is older than the one in use",
-                        });
+                        views += 1;
+                        adopted |= self.adopt(&listed)?;
                     }
                     Err(detail) => {
                         first_error.get_or_insert(Error::Protocol {
@@ -726,6 +730,12 @@ impl Cluster {
                     first_error.get_or_insert(e);
                 }
             }
+        }
+        if views > 0 {
+            if !adopted {
+                log::debug!("redlease: every cluster view asked was older than the one in use");
+            }
+            return Ok(());
         }
         Err(first_error.unwrap_or_else(|| Error::invalid("cluster: no node known")))
     }

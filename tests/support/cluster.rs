@@ -265,32 +265,51 @@ impl Cluster {
     /// one `MIGRATE` at a time, then `SETSLOT … NODE` everywhere. Returns
     /// the keys moved.
     pub fn migrate(&self, slot: u16, from: usize, to: usize, pause: Duration) -> usize {
-        self.begin_migration(slot, from, to);
+        self.try_migrate(slot, from, to, pause)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`migrate`](Self::migrate), or why it could not begin (a server
+    /// that is no longer a master: the cluster failed it over meanwhile).
+    pub fn try_migrate(
+        &self,
+        slot: u16,
+        from: usize,
+        to: usize,
+        pause: Duration,
+    ) -> Result<usize, String> {
+        self.try_begin_migration(slot, from, to)?;
         std::thread::sleep(pause);
         let moved = self.migrate_keys(slot, from, to, usize::MAX, pause / 10);
         std::thread::sleep(pause);
         self.finish_migration(slot, from, to);
-        moved
+        Ok(moved)
     }
 
     /// Marks `slot` importing on `to` and migrating on `from`.
     pub fn begin_migration(&self, slot: u16, from: usize, to: usize) {
-        let slot_text = slot.to_string();
+        self.try_begin_migration(slot, from, to)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    fn setslot(&self, server: usize, slot: u16, args: &[&str]) -> Result<(), String> {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot);
+        for arg in args {
+            cmd.arg(*arg);
+        }
+        cmd.query::<()>(&mut self.servers[server].client())
+            .map_err(|e| format!("SETSLOT {slot} {args:?} on server {server}: {e}"))
+    }
+
+    fn try_begin_migration(&self, slot: u16, from: usize, to: usize) -> Result<(), String> {
         let (from_id, to_id) = (self.id(from), self.id(to));
-        let _: () = self.servers[to].cmd(&[
-            b"CLUSTER",
-            b"SETSLOT",
-            slot_text.as_bytes(),
-            b"IMPORTING",
-            from_id.as_bytes(),
-        ]);
-        let _: () = self.servers[from].cmd(&[
-            b"CLUSTER",
-            b"SETSLOT",
-            slot_text.as_bytes(),
-            b"MIGRATING",
-            to_id.as_bytes(),
-        ]);
+        self.setslot(to, slot, &["IMPORTING", &from_id])?;
+        if let Err(e) = self.setslot(from, slot, &["MIGRATING", &to_id]) {
+            let _ = self.setslot(to, slot, &["STABLE"]);
+            return Err(e);
+        }
+        Ok(())
     }
 
     /// Moves up to `at_most` of the slot's keys, one `MIGRATE` each,
@@ -335,7 +354,6 @@ impl Cluster {
     /// Gives `slot` to `to`: the target first, then the source, then every
     /// master (as redis-cli).
     pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
-        let slot_text = slot.to_string();
         let to_id = self.id(to);
         let masters =
             (0..self.servers.len()).filter(|&i| i != to && i != from && self.is_master(i));
@@ -343,13 +361,8 @@ impl Cluster {
             .chain(std::iter::once(from))
             .chain(masters)
         {
-            let _: () = self.servers[i].cmd(&[
-                b"CLUSTER",
-                b"SETSLOT",
-                slot_text.as_bytes(),
-                b"NODE",
-                to_id.as_bytes(),
-            ]);
+            // A server demoted meanwhile refuses; the others spread it.
+            let _ = self.setslot(i, slot, &["NODE", &to_id]);
         }
     }
 }
