@@ -441,14 +441,7 @@ impl Cluster {
         for (quorum, slot) in masters {
             match quorum.connect_probing(preconnect, Some(&tag_for(slot))) {
                 Ok(()) => {}
-                Err(
-                    e @ (Error::Auth { .. }
-                    | Error::Permission { .. }
-                    | Error::Protocol { .. }
-                    | Error::Tls { .. }
-                    | Error::InvalidArgument(_)
-                    | Error::RandomSource(_)),
-                ) => return Err(e),
+                Err(e) if e.is_configuration() => return Err(e),
                 Err(e) => log::warn!("redlease: cluster master unreachable at build: {e}"),
             }
         }

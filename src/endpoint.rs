@@ -194,18 +194,23 @@ impl Endpoint {
     /// Another server reached as this one is (credentials, TLS, database):
     /// a cluster's node learnt from its topology.
     pub(crate) fn at(&self, host: &str, port: u16) -> Endpoint {
-        let tls = match &self.addr {
-            Addr::Tcp { tls, .. } => tls.clone(),
-            _ => None,
-        };
-        Endpoint {
-            addr: Addr::Tcp {
-                host: host.to_owned(),
-                port,
-                tls,
-            },
-            ..self.clone()
+        let mut endpoint = self.clone();
+        match &mut endpoint.addr {
+            Addr::Tcp {
+                host: h, port: p, ..
+            } => {
+                *h = host.to_owned();
+                *p = port;
+            }
+            other => {
+                *other = Addr::Tcp {
+                    host: host.to_owned(),
+                    port,
+                    tls: None,
+                }
+            }
         }
+        endpoint
     }
 
     /// `host:port` (brackets around IPv6 literals) or `unix:/path`: how

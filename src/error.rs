@@ -190,6 +190,22 @@ impl Error {
         matches!(self, Error::Held { .. } | Error::WaitTimedOut { .. })
     }
 
+    /// A configuration error, which waiting will not heal: wrong
+    /// credentials or permissions, something that is not Redis, certificate
+    /// trouble, a bad setting (`build()` fails on these, and reports the
+    /// rest of its nodes' failures only as unreachable).
+    pub(crate) fn is_configuration(&self) -> bool {
+        matches!(
+            self,
+            Error::Auth { .. }
+                | Error::Permission { .. }
+                | Error::Protocol { .. }
+                | Error::Tls { .. }
+                | Error::InvalidArgument(_)
+                | Error::RandomSource(_)
+        )
+    }
+
     pub(crate) fn invalid(msg: impl Into<Box<str>>) -> Error {
         Error::InvalidArgument(msg.into())
     }

@@ -241,14 +241,7 @@ impl Quorum {
                 }
                 // Wrong credentials or permissions, or something that is not
                 // Redis: these do not heal.
-                Err(
-                    e @ (Error::Auth { .. }
-                    | Error::Permission { .. }
-                    | Error::Protocol { .. }
-                    | Error::Tls { .. }
-                    | Error::InvalidArgument(_)
-                    | Error::RandomSource(_)),
-                ) => return Err(e),
+                Err(e) if e.is_configuration() => return Err(e),
                 Err(e) => {
                     log::warn!("redlease: node {} unreachable at build: {e}", node.name);
                     first_failure.get_or_insert(e);

@@ -607,6 +607,7 @@ fn wraps(key: &[u8]) -> bool {
 /// `{<key>}<suffix>`, so that in a Redis Cluster it hashes to the lock's
 /// own slot (see [`crate::cluster::companions_fit`] for the one kind of key
 /// where no name can).
+#[cfg(any(test, feature = "internals"))]
 pub(crate) fn companion(key: &[u8], suffix: &[u8]) -> Vec<u8> {
     let mut buf = BytesMut::new();
     put_companion(&mut buf, key, suffix);

@@ -180,13 +180,7 @@ impl Cluster {
                 (a..=b).contains(&slot)
             });
             if serves {
-                let port: u16 = fields[1]
-                    .split(['@', ','])
-                    .next()?
-                    .rsplit_once(':')?
-                    .1
-                    .parse()
-                    .ok()?;
+                let port = port_of(fields[1])?;
                 return self.servers.iter().position(|s| s.port == port);
             }
         }
@@ -216,13 +210,7 @@ impl Cluster {
                 if fields.len() < 8 || !pick(fields[2], fields[3]) {
                     return None;
                 }
-                let port: u16 = fields[1]
-                    .split(['@', ','])
-                    .next()?
-                    .rsplit_once(':')?
-                    .1
-                    .parse()
-                    .ok()?;
+                let port = port_of(fields[1])?;
                 self.servers.iter().position(|s| s.port == port)
             })
             .collect()
@@ -365,4 +353,14 @@ impl Cluster {
             let _ = self.setslot(i, slot, &["NODE", &to_id]);
         }
     }
+}
+
+/// The client port of a `CLUSTER NODES` address (`ip:port@cport[,host]`).
+fn port_of(addr: &str) -> Option<u16> {
+    addr.split(['@', ','])
+        .next()?
+        .rsplit_once(':')?
+        .1
+        .parse()
+        .ok()
 }
