@@ -37,7 +37,7 @@ pub(crate) struct Quorum {
     /// acknowledged within this long (`WAIT`).
     replicas: Option<(u32, Duration)>,
     /// Every request goes after `ASKING` (a Redis Cluster node importing
-    /// the slot of the keys it is asked about; see `cluster.rs`).
+    /// the slot of the keys it is asked about; see `cluster/`).
     asking: bool,
 }
 

@@ -124,7 +124,7 @@ pub(crate) struct Round<'q> {
     slots: Slots<'q>,
     tally: Tally,
     /// Every request goes after `ASKING` (a Redis Cluster key being
-    /// migrated to this node: see `cluster.rs`).
+    /// migrated to this node: see `cluster/`).
     asking: bool,
     /// Nodes whose request went again on a new connection.
     resent: Mask,

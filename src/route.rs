@@ -1,6 +1,6 @@
 //! Where a key's lock lives: on every node of one Redlock quorum (one node
 //! is a quorum of one), or, in a Redis Cluster, on the master of the key's
-//! hash slot (`cluster.rs`). The manager and the keeper ask this, never a
+//! hash slot (`cluster/`). The manager and the keeper ask this, never a
 //! quorum directly; each operation's meaning stays the quorum's.
 
 use std::sync::Arc;
