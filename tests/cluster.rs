@@ -825,3 +825,36 @@ fn host_name_endpoints_are_the_same_servers() {
     thread::sleep(max_ttl + Duration::from_millis(100));
     assert!(locks.try_lock("after", max_ttl).unwrap().is_some());
 }
+
+/// Each cluster manager has a refresher thread (and subscribers, and
+/// pools): dropping the manager ends them all, also right after the
+/// refresher was asked for a topology (a MOVED).
+#[test]
+fn a_dropped_cluster_manager_leaks_no_thread_or_descriptor() {
+    let _serial = serial();
+    let cluster = Cluster::start(2, 0);
+    let slot = cluster.slot(b"{leak}");
+    let owner = cluster.owner_of(slot, 0).unwrap();
+    drop(manager(&cluster));
+    thread::sleep(Duration::from_millis(500));
+    let before = support::resources();
+    for round in 0..5 {
+        let locks = manager(&cluster);
+        drop(locks.try_lock("{leak}:k", TTL).unwrap().expect("free"));
+        // Move the slot back and forth: the next call meets MOVED and asks
+        // the refresher for the topology; the manager is dropped at once.
+        let (from, to) = if round % 2 == 0 {
+            (owner, 1 - owner)
+        } else {
+            (1 - owner, owner)
+        };
+        cluster.migrate(slot, from, to, Duration::from_millis(50));
+        drop(locks.try_lock("{leak}:k", TTL).unwrap().expect("free"));
+        drop(locks);
+    }
+    support::eventually(
+        Duration::from_secs(5),
+        "threads and descriptors back",
+        || support::resources() == before,
+    );
+}

@@ -17,9 +17,11 @@
 //!   A redirected request was not executed (the server refused it before
 //!   running it), so sending it elsewhere cannot apply it twice.
 //! - **Topology** comes from `CLUSTER NODES` (one bulk string), asked of the
-//!   known nodes in turn: at build, after a `MOVED`, and after a connection
-//!   failure on a master (a failover may have happened), at most once per
-//!   [`REFRESH_GAP`].
+//!   known nodes in turn: at build, then by the manager's refresher thread
+//!   after a `MOVED` or a failure on a master (a failover may have
+//!   happened), at most once per [`REFRESH_GAP`]. Callers do not wait for
+//!   it, except one whose request surely was not sent (it may then go to
+//!   the slot's new master), for at most one I/O timeout.
 //! - **Failover** (a replica promoted to master): the replica may not have
 //!   received every lock its old master granted (replication is
 //!   asynchronous), so a master that was a replica in the previous topology
@@ -30,10 +32,9 @@
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::conn::Timeouts;
 use crate::endpoint::Endpoint;
@@ -144,8 +145,26 @@ struct Template {
     replicas: Option<(u32, Duration)>,
 }
 
-/// A lock manager's view of one Redis Cluster.
+/// A lock manager's view of one Redis Cluster: the shared view, and the
+/// thread that refreshes it (stopped and joined when dropped).
 pub(crate) struct Cluster {
+    inner: Arc<Inner>,
+    refresher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the refresher thread is asked.
+#[derive(Debug, Default)]
+struct Signal {
+    /// A refresh is wanted.
+    asked: bool,
+    /// The manager is gone.
+    stop: bool,
+    /// Refreshes done (or given up) so far, for callers waiting for one.
+    done: u64,
+}
+
+/// The view itself, shared with the refresher thread.
+struct Inner {
     template: Template,
     /// See `Quorum`'s: the same for every master.
     drift_ppb: u64,
@@ -153,12 +172,114 @@ pub(crate) struct Cluster {
     /// When the topology was last asked for (held while asking: one
     /// refresh at a time).
     refreshed: Mutex<Option<Instant>>,
-    /// A refresh was asked for and skipped (too soon after the last, or
-    /// another under way): the next operation asks again.
-    pending: AtomicBool,
+    /// Requests to the refresher thread, and its answers.
+    signal: Mutex<Signal>,
+    /// Signalled on every change of `signal`.
+    wake: Condvar,
 }
 
 impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.inner.fmt(f)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.inner.signal.lock().stop = true;
+        self.inner.wake.notify_all();
+        if let Some(thread) = self.refresher.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Cluster {
+    /// A cluster known by its seed nodes (any of its servers; the rest is
+    /// discovered), and its refresher thread. Connects to nothing yet.
+    pub(crate) fn new(
+        seeds: Vec<Endpoint>,
+        timeouts: Timeouts,
+        pool: NodeConfig,
+        drift_factor: f64,
+        replicas: Option<(u32, Duration)>,
+    ) -> Result<Cluster, Error> {
+        let inner = Arc::new(Inner::new(seeds, timeouts, pool, drift_factor, replicas)?);
+        let weak = Arc::downgrade(&inner);
+        let refresher = std::thread::Builder::new()
+            .name("redlease-cluster".into())
+            .spawn(move || refresher(&weak))
+            .map_err(|e| {
+                Error::Thread(format!("cannot start the cluster refresher: {e}").into())
+            })?;
+        Ok(Cluster {
+            inner,
+            refresher: Some(refresher),
+        })
+    }
+
+    /// See [`Inner::connect`].
+    pub(crate) fn connect(&self, preconnect: usize) -> Result<(), Error> {
+        self.inner.connect(preconnect)
+    }
+
+    /// See [`Inner::drift`].
+    #[inline]
+    pub(crate) fn drift(&self, ttl: Duration) -> Duration {
+        self.inner.drift(ttl)
+    }
+
+    pub(crate) fn waits_for_replicas(&self) -> bool {
+        self.inner.waits_for_replicas()
+    }
+
+    /// See [`Inner::nodes`].
+    pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
+        self.inner.nodes()
+    }
+
+    /// See [`Inner::on`].
+    #[inline]
+    pub(crate) fn on<T>(
+        &self,
+        key: &[u8],
+        op: impl FnMut(&Quorum) -> T,
+        error: impl Fn(&T) -> Option<&Error>,
+        patient: bool,
+    ) -> T {
+        self.inner.on(key, op, error, patient)
+    }
+}
+
+/// The refresher thread: a refresh each time one is asked for, at most one
+/// per [`REFRESH_GAP`], until the manager is dropped. Holds the view only
+/// weakly between refreshes.
+fn refresher(view: &std::sync::Weak<Inner>) {
+    loop {
+        let Some(inner) = view.upgrade() else { return };
+        {
+            let mut signal = inner.signal.lock();
+            while !signal.asked && !signal.stop {
+                inner.wake.wait(&mut signal);
+            }
+            if signal.stop {
+                return;
+            }
+            signal.asked = false;
+        }
+        let since = inner.refreshed.lock().map(|at| at.elapsed());
+        if let Some(wait) = since.and_then(|s| REFRESH_GAP.checked_sub(s)) {
+            std::thread::sleep(wait);
+        }
+        if let Err(e) = inner.refresh_now() {
+            log::warn!("redlease: cluster topology refresh failed: {e}");
+        }
+        inner.signal.lock().done += 1;
+        inner.wake.notify_all();
+    }
+}
+
+impl fmt::Debug for Inner {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let map = self.map.read();
         f.debug_struct("Cluster")
@@ -173,16 +294,15 @@ impl fmt::Debug for Cluster {
     }
 }
 
-impl Cluster {
-    /// A cluster known by its seed nodes (any of its servers; the rest is
-    /// discovered). Connects to nothing yet.
-    pub(crate) fn new(
+impl Inner {
+    /// The view of a cluster known by its seed nodes.
+    fn new(
         seeds: Vec<Endpoint>,
         timeouts: Timeouts,
         pool: NodeConfig,
         drift_factor: f64,
         replicas: Option<(u32, Duration)>,
-    ) -> Result<Cluster, Error> {
+    ) -> Result<Inner, Error> {
         let Some(first) = seeds.first() else {
             return Err(Error::invalid("cluster: no seed node given"));
         };
@@ -191,7 +311,7 @@ impl Cluster {
                 "cluster: Redis Cluster has database 0 only; drop the /db from the seed addresses",
             ));
         }
-        let cluster = Cluster {
+        let cluster = Inner {
             drift_ppb: crate::quorum::ppb(drift_factor),
             template: Template {
                 seed: first.clone(),
@@ -208,7 +328,8 @@ impl Cluster {
                 epoch: 0,
             }),
             refreshed: Mutex::new(None),
-            pending: AtomicBool::new(false),
+            signal: Mutex::new(Signal::default()),
+            wake: Condvar::new(),
         };
         {
             let mut map = cluster.map.write();
@@ -356,9 +477,6 @@ impl Cluster {
         error: impl Fn(&T) -> Option<&Error>,
         patient: bool,
     ) -> T {
-        if self.pending.load(Ordering::Relaxed) {
-            self.refresh();
-        }
         let slot = slot(key);
         let mut quorum = self.owner(slot);
         let mut hops = 0;
@@ -382,7 +500,7 @@ impl Cluster {
                         Some(Redirect::Ask { host, port }) => self.asking(&host, port),
                         // Only the topology can say: once, if it moved.
                         Some(Redirect::Unclear) => {
-                            self.refresh();
+                            self.refresh_and_wait();
                             let now = self.owner(slot);
                             (!Arc::ptr_eq(&now, &quorum)).then_some(now)
                         }
@@ -407,13 +525,18 @@ impl Cluster {
                 // once more to the slot's master if that changed. (One that
                 // may have been applied is not sent elsewhere: its own
                 // effect could answer it.)
+                // (Only such a request waits for the refresh, within one I/O
+                // timeout; others are answered at once.)
                 e if e.is_retryable() && !matches!(e, Error::Quarantined { .. }) => {
-                    self.refresh();
-                    let now = self.owner(slot);
-                    (!rerouted && unsent(e) && !Arc::ptr_eq(&now, &quorum)).then(|| {
+                    if !rerouted && unsent(e) {
                         rerouted = true;
-                        now
-                    })
+                        self.refresh_and_wait();
+                        let now = self.owner(slot);
+                        (!Arc::ptr_eq(&now, &quorum)).then_some(now)
+                    } else {
+                        self.refresh();
+                        None
+                    }
                 }
                 _ => None,
             };
@@ -478,36 +601,33 @@ impl Cluster {
         node.quarantine_now().map(|d| (node, d))
     }
 
-    /// Asks for the topology again, unless another thread is asking or it
-    /// was asked within [`REFRESH_GAP`] (then the next operation after the
-    /// gap asks); failures are logged (the next redirection or failure
-    /// asks again).
-    pub(crate) fn refresh(&self) {
-        let Some(mut last) = self.refreshed.try_lock() else {
-            self.refresh_soon();
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < REFRESH_GAP) {
-            self.refresh_soon();
-            return;
-        }
-        *last = Some(Instant::now());
-        self.pending.store(false, Ordering::Relaxed);
-        if let Err(e) = self.ask_topology() {
-            log::warn!("redlease: cluster topology refresh failed: {e}");
+    /// Asks the refresher thread for the topology (at once; the refresh
+    /// happens there, at most once per [`REFRESH_GAP`]).
+    fn refresh(&self) {
+        self.signal.lock().asked = true;
+        self.wake.notify_all();
+    }
+
+    /// Asks for the topology and waits for the refresher's answer, at most
+    /// one I/O timeout.
+    fn refresh_and_wait(&self) {
+        let until = time::deadline_in(self.template.timeouts.io);
+        let mut signal = self.signal.lock();
+        let asked_at = signal.done;
+        signal.asked = true;
+        self.wake.notify_all();
+        while signal.done == asked_at && !signal.stop {
+            if self.wake.wait_until(&mut signal, until).timed_out() {
+                return;
+            }
         }
     }
 
-    /// Has the next operation ask for the topology.
-    fn refresh_soon(&self) {
-        self.pending.store(true, Ordering::Relaxed);
-    }
-
-    /// Asks for the topology now, waiting for a refresh under way.
+    /// Asks for the topology now, waiting for a refresh under way (at build,
+    /// and in the refresher thread).
     fn refresh_now(&self) -> Result<(), Error> {
         let mut last = self.refreshed.lock();
         *last = Some(Instant::now());
-        self.pending.store(false, Ordering::Relaxed);
         self.ask_topology()
     }
 
@@ -707,8 +827,9 @@ mod tests {
         }
     }
 
-    fn cluster() -> Cluster {
-        Cluster::new(
+    /// A view without its refresher thread (nothing here asks for one).
+    fn cluster() -> Inner {
+        Inner::new(
             vec![Endpoint::tcp("127.0.0.1", 7000)],
             Timeouts {
                 connect: Duration::from_millis(100),
@@ -726,7 +847,7 @@ mod tests {
     }
 
     /// Whether the shard connecting to `port` is quarantined.
-    fn quarantined(c: &Cluster, port: u16) -> bool {
+    fn quarantined(c: &Inner, port: u16) -> bool {
         let map = c.map.read();
         let i = map.find("127.0.0.1", port).unwrap();
         map.shards[i].node().quarantined().is_some()
