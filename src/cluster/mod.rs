@@ -164,7 +164,7 @@ struct Signal {
 }
 
 /// The view itself, shared with the refresher thread.
-struct Inner {
+pub(crate) struct Inner {
     template: Template,
     /// See `Quorum`'s: the same for every master.
     drift_ppb: u64,
@@ -181,6 +181,14 @@ struct Inner {
 impl fmt::Debug for Cluster {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.inner.fmt(f)
+    }
+}
+
+/// The view's operations (`on`, `connect`, `nodes`, …) are the cluster's.
+impl std::ops::Deref for Cluster {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
     }
 }
 
@@ -216,38 +224,6 @@ impl Cluster {
             inner,
             refresher: Some(refresher),
         })
-    }
-
-    /// See [`Inner::connect`].
-    pub(crate) fn connect(&self, preconnect: usize) -> Result<(), Error> {
-        self.inner.connect(preconnect)
-    }
-
-    /// See [`Inner::drift`].
-    #[inline]
-    pub(crate) fn drift(&self, ttl: Duration) -> Duration {
-        self.inner.drift(ttl)
-    }
-
-    pub(crate) fn waits_for_replicas(&self) -> bool {
-        self.inner.waits_for_replicas()
-    }
-
-    /// See [`Inner::nodes`].
-    pub(crate) fn nodes(&self) -> Vec<Arc<Node>> {
-        self.inner.nodes()
-    }
-
-    /// See [`Inner::on`].
-    #[inline]
-    pub(crate) fn on<T>(
-        &self,
-        key: &[u8],
-        op: impl FnMut(&Quorum) -> T,
-        error: impl Fn(&T) -> Option<&Error>,
-        patient: bool,
-    ) -> T {
-        self.inner.on(key, op, error, patient)
     }
 }
 
