@@ -243,9 +243,15 @@ fn refresher(view: &std::sync::Weak<Inner>) {
             }
             signal.asked = false;
         }
+        // The gap since the last refresh, cut short by a drop.
         let since = inner.refreshed.lock().map(|at| at.elapsed());
         if let Some(wait) = since.and_then(|s| REFRESH_GAP.checked_sub(s)) {
-            std::thread::sleep(wait);
+            let until = time::deadline_in(wait);
+            let mut signal = inner.signal.lock();
+            while !signal.stop && !inner.wake.wait_until(&mut signal, until).timed_out() {}
+            if signal.stop {
+                return;
+            }
         }
         if let Err(e) = inner.refresh_now() {
             log::warn!("redlease: cluster topology refresh failed: {e}");
