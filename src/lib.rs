@@ -70,6 +70,7 @@ mod lock;
 mod manager;
 mod node;
 mod observe;
+mod primitives;
 mod probe;
 mod quorum;
 mod resp;
@@ -91,6 +92,7 @@ pub use builder::LockManagerBuilder;
 pub use error::{Error, Result};
 pub use lock::Lock;
 pub use manager::LockManager;
+pub use primitives::{MultiLock, Permit, ReadLock, RwLock, Semaphore, WriteLock};
 pub use retry::RetryPolicy;
 pub use status::{NodeStatus, Status};
 

@@ -17,7 +17,7 @@ use crate::script::FAIR_LEASE_MS;
 use crate::status::Status;
 use crate::time;
 use crate::token::Token;
-use crate::wait::{Handed, Registration, Wakeups};
+use crate::wait::{Handed, Registration, Wakeups, Wants};
 
 /// Hands out locks on one Redis node or a Redlock quorum of independent
 /// nodes.
@@ -76,13 +76,13 @@ pub(crate) struct Limits {
 
 /// The start of a call, when metrics are on; no clock read otherwise.
 #[inline]
-fn observing() -> Option<Instant> {
+pub(crate) fn observing() -> Option<Instant> {
     cfg!(feature = "metrics").then(Instant::now)
 }
 
-/// Why waiting for a lock stopped.
-enum Waited {
-    Got(Lock),
+/// Why waiting for a lock (a permit…) stopped.
+pub(crate) enum Waited<T> {
+    Got(T),
     /// The policy's attempts ran out; the lock was held at the last one.
     Held {
         attempts: u32,
@@ -93,6 +93,96 @@ enum Waited {
     },
     /// An error that is final, or the last attempt's.
     Failed(Error),
+}
+
+impl<T> From<Result<T>> for Waited<T> {
+    fn from(result: Result<T>) -> Waited<T> {
+        match result {
+            Ok(got) => Waited::Got(got),
+            Err(e) => Waited::Failed(e),
+        }
+    }
+}
+
+/// The attempts a wait repeats ([`LockManager::wait_for`]): a lock's, a
+/// permit's, a read or write lock's, a multi-key lock's.
+pub(crate) trait Attempts {
+    /// The guard an attempt gives.
+    type Got;
+
+    /// One attempt; `attempt` counts from 1; `registered`: the thread is a
+    /// registered waiter (the attempt may learn the holder's PTTL).
+    /// `Ok(Err(retry_in))`: held, for `retry_in` when known.
+    fn attempt(
+        &mut self,
+        attempt: u32,
+        registered: bool,
+    ) -> Result<Result<Self::Got, Option<Duration>>>;
+
+    /// The key whose releases wake the waiter (asked after an attempt found
+    /// it held).
+    fn wake_key(&self) -> &[u8];
+
+    /// How a release tells the waiter: every waiter woken or the oldest;
+    /// handed the lock directly or woken to try.
+    fn wants(&self) -> Wants;
+
+    /// The longest nap between attempts, given the policy's.
+    fn cap(&self, policy_cap: Duration) -> Duration {
+        policy_cap
+    }
+
+    /// A lock another thread of the manager handed over on the wake key.
+    /// Only locks are handed over; anything else releases it and fails.
+    fn handed(&mut self, handed: Handed, attempts: u32) -> Result<Self::Got>;
+}
+
+/// A lock's attempts.
+struct LockAttempts<'m> {
+    manager: &'m LockManager,
+    key: &'m [u8],
+    ttl: Duration,
+    /// Fair mode: the wait's one token.
+    fair_token: Option<Token>,
+}
+
+impl Attempts for LockAttempts<'_> {
+    type Got = Lock;
+
+    #[inline]
+    fn attempt(
+        &mut self,
+        attempt: u32,
+        registered: bool,
+    ) -> Result<Result<Lock, Option<Duration>>> {
+        let how = self.manager.how(true, registered);
+        self.manager
+            .attempt(self.key, self.ttl, attempt, how, self.fair_token)
+    }
+
+    fn wake_key(&self) -> &[u8] {
+        self.key
+    }
+
+    fn wants(&self) -> Wants {
+        Wants {
+            all: false,
+            handoff: true,
+        }
+    }
+
+    fn cap(&self, policy_cap: Duration) -> Duration {
+        if self.fair_token.is_some() {
+            // Often enough to renew the place in the queue.
+            policy_cap.min(Duration::from_millis(FAIR_LEASE_MS / 5))
+        } else {
+            policy_cap
+        }
+    }
+
+    fn handed(&mut self, handed: Handed, attempts: u32) -> Result<Lock> {
+        Ok(self.manager.handed(self.key, self.ttl, handed, attempts))
+    }
 }
 
 impl LockManager {
@@ -225,8 +315,196 @@ impl LockManager {
         let deadline = policy
             .wait_bound()
             .map(|wait| time::deadline(started, wait));
-        let result = match self.wait(key, ttl, policy, deadline) {
-            Waited::Got(lock) => Ok(lock),
+        let waited = self.wait(key, ttl, policy, deadline);
+        self.waited(waited, started)
+    }
+
+    /// Tries to take the lock until `wait` has passed, retrying on the
+    /// manager's policy's schedule (its own attempt and wait bounds do not
+    /// apply here). Blocks at most about `wait` plus one round trip.
+    ///
+    /// `Ok(None)` when another owner still held it at the last attempt.
+    pub fn try_lock_for(
+        &self,
+        key: impl AsRef<[u8]>,
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<Option<Lock>> {
+        let key = key.as_ref();
+        let ttl = self.check(key, ttl)?;
+        let policy = self.try_for_policy();
+        let started = observing();
+        let result = match self.wait(key, ttl, &policy, Some(time::deadline_in(wait))) {
+            Waited::Got(lock) => Ok(Some(lock)),
+            Waited::Held { .. } | Waited::TimedOut { .. } => Ok(None),
+            Waited::Failed(e) => Err(e),
+        };
+        self.observe_call(started, &result);
+        result
+    }
+
+    /// The manager's policy for a `try_…_for` call: its schedule, without
+    /// its attempt and wait bounds.
+    pub(crate) fn try_for_policy(&self) -> RetryPolicy {
+        self.shared.retry.clone().max_attempts(u32::MAX)
+    }
+
+    /// The manager's retry policy.
+    pub(crate) fn retry_policy(&self) -> &RetryPolicy {
+        &self.shared.retry
+    }
+
+    /// Counts a `try_lock`-like call's outcome (feature `metrics`).
+    #[inline]
+    pub(crate) fn observe_call<T>(&self, started: Option<Instant>, result: &Result<Option<T>>) {
+        if let Some(started) = started {
+            let outcome = match result {
+                Ok(Some(_)) => Outcome::Granted,
+                Ok(None) => Outcome::Held,
+                Err(e) => Outcome::of(e),
+            };
+            self.shared.observe.acquire(outcome, started);
+        }
+    }
+
+    /// The nodes, for the primitives (`primitives/`).
+    pub(crate) fn route(&self) -> &Route {
+        &self.shared.route
+    }
+
+    /// This manager released `key` (a primitive's): its waiters for the
+    /// key are woken at once.
+    pub(crate) fn released_here(&self, key: &[u8], token: &Token) {
+        self.shared.wakeups.released(key, token);
+    }
+
+    /// The manager's metrics handles, for its locks.
+    pub(crate) fn observe(&self) -> &Observe {
+        &self.shared.observe
+    }
+
+    /// [`wait_for`](Self::wait_for) a lock: fair mode keeps one token, its
+    /// place in the queue, for the whole wait, and leaves the queue when
+    /// the wait ends without the lock.
+    fn wait(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        policy: &RetryPolicy,
+        deadline: Option<Instant>,
+    ) -> Waited<Lock> {
+        let fair = self.shared.fair;
+        // Still fresh for this acquisition.
+        let fair_token = match fair.then(Token::random).transpose() {
+            Ok(token) => token,
+            Err(e) => return Waited::Failed(Error::RandomSource(e.to_string().into())),
+        };
+        let mut locks = LockAttempts {
+            manager: self,
+            key,
+            ttl,
+            fair_token,
+        };
+        let waited = self.wait_for(&mut locks, ttl, policy, deadline);
+        if let (Some(token), false) = (fair_token, matches!(waited, Waited::Got(_))) {
+            self.shared.route.fair_leave(key, &token);
+        }
+        waited
+    }
+
+    /// Attempts until one succeeds, an error is final, or the policy's
+    /// attempts or the deadline run out; says which. Every way of waiting
+    /// goes through here: locks, permits, read and write locks, multi-key
+    /// locks (`attempts` makes their attempts).
+    ///
+    /// Waking (the default, see [`RetryPolicy::wake_on_release`]): after a
+    /// first attempt finds the lock held, the thread registers as a waiter
+    /// (subscribed and confirmed before it goes on, so no release can be
+    /// missed) and attempts again at once; from then on each attempt also
+    /// learns how long the holder keeps the key, and the thread sleeps until
+    /// it is woken by a release, that time runs out, the wake cap passes,
+    /// or the deadline comes. Failures are retried on the backoff's delays.
+    pub(crate) fn wait_for<A: Attempts>(
+        &self,
+        attempts_: &mut A,
+        ttl: Duration,
+        policy: &RetryPolicy,
+        deadline: Option<Instant>,
+    ) -> Waited<A::Got> {
+        let cap = attempts_.cap(policy.cap());
+        let mut delays = policy.delays();
+        let mut waiter: Option<Registration<'_>> = None;
+        let mut attempts = 0u32;
+        let mut waited = loop {
+            attempts = attempts.saturating_add(1);
+            if let Some(waiter) = &waiter {
+                // A lock handed over since the last look needs no attempt
+                // (which would only find it held, by the handed token).
+                if let Some(handed) = waiter.attempting() {
+                    break Waited::from(attempts_.handed(handed, attempts));
+                }
+            }
+            // `trouble`: a failure worth retrying; else the lock was held.
+            let (trouble, retry_in) = match attempts_.attempt(attempts, waiter.is_some()) {
+                Ok(Ok(got)) => break Waited::Got(got),
+                Ok(Err(retry_in)) => (None, retry_in),
+                Err(e) if e.is_retryable() => (Some(e), None),
+                Err(e) => break Waited::Failed(e),
+            };
+            // Waiting to be woken is for held locks; failures back off.
+            let wake = policy.wakes() && trouble.is_none();
+            let stop = |held: Waited<A::Got>| trouble.map_or(held, Waited::Failed);
+            if attempts >= policy.attempts_bound() {
+                break stop(Waited::Held { attempts });
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break stop(Waited::TimedOut { attempts });
+            }
+            if wake && waiter.is_none() {
+                let listen_until = time::deadline(now, self.shared.io_timeout);
+                let listen_until = deadline.map_or(listen_until, |d| d.min(listen_until));
+                let (key, wants) = (attempts_.wake_key(), attempts_.wants());
+                waiter = Some(self.shared.wakeups.register(key, ttl, listen_until, wants));
+                continue;
+            }
+            let nap = match (wake, retry_in) {
+                // The holder's key expires in `r`: look just after.
+                (true, Some(r)) => (r + Duration::from_millis(1)).min(cap),
+                (true, None) => cap,
+                (false, _) => delays.next().unwrap_or(cap),
+            };
+            let until = time::deadline(now, nap);
+            let until = deadline.map_or(until, |d| d.min(until));
+            match &waiter {
+                Some(waiter) if wake => {
+                    waiter.wait(until);
+                    if let Some(handed) = waiter.take_handed() {
+                        break Waited::from(attempts_.handed(handed, attempts));
+                    }
+                }
+                _ => std::thread::sleep(until.saturating_duration_since(Instant::now())),
+            }
+        };
+        // A handoff under way to this thread is seen through before leaving.
+        if let Some(handed) = waiter.as_ref().and_then(Registration::settle) {
+            match waited {
+                // Cannot happen (a key handed over was never free for us to
+                // take), but a lock must never be left behind.
+                Waited::Got(_) => {
+                    let _ = self.shared.route.release(attempts_.wake_key(), &handed.0);
+                }
+                _ => waited = Waited::from(attempts_.handed(handed, attempts)),
+            }
+        }
+        waited
+    }
+
+    /// What a wait for a lock, a permit… ended with, as the caller's
+    /// result (`lock`, `acquire`, `read`…), counted in the metrics.
+    pub(crate) fn waited<T>(&self, waited: Waited<T>, started: Instant) -> Result<T> {
+        let result = match waited {
+            Waited::Got(got) => Ok(got),
             Waited::Held { attempts } => Err(Error::Held {
                 attempts,
                 waited: started.elapsed(),
@@ -243,149 +521,6 @@ impl LockManager {
         };
         self.shared.observe.acquire(outcome, started);
         result
-    }
-
-    /// Tries to take the lock until `wait` has passed, retrying on the
-    /// manager's policy's schedule (its own attempt and wait bounds do not
-    /// apply here). Blocks at most about `wait` plus one round trip.
-    ///
-    /// `Ok(None)` when another owner still held it at the last attempt.
-    pub fn try_lock_for(
-        &self,
-        key: impl AsRef<[u8]>,
-        ttl: Duration,
-        wait: Duration,
-    ) -> Result<Option<Lock>> {
-        let key = key.as_ref();
-        let ttl = self.check(key, ttl)?;
-        let policy = self.shared.retry.clone().max_attempts(u32::MAX);
-        let started = observing();
-        let result = match self.wait(key, ttl, &policy, Some(time::deadline_in(wait))) {
-            Waited::Got(lock) => Ok(Some(lock)),
-            Waited::Held { .. } | Waited::TimedOut { .. } => Ok(None),
-            Waited::Failed(e) => Err(e),
-        };
-        self.observe_call(started, &result);
-        result
-    }
-
-    /// Counts a `try_lock`-like call's outcome (feature `metrics`).
-    #[inline]
-    fn observe_call(&self, started: Option<Instant>, result: &Result<Option<Lock>>) {
-        if let Some(started) = started {
-            let outcome = match result {
-                Ok(Some(_)) => Outcome::Granted,
-                Ok(None) => Outcome::Held,
-                Err(e) => Outcome::of(e),
-            };
-            self.shared.observe.acquire(outcome, started);
-        }
-    }
-
-    /// The manager's metrics handles, for its locks.
-    pub(crate) fn observe(&self) -> &Observe {
-        &self.shared.observe
-    }
-
-    /// Attempts until one succeeds, an error is final, or the policy's
-    /// attempts or the deadline run out; says which.
-    ///
-    /// Waking (the default, see [`RetryPolicy::wake_on_release`]): after a
-    /// first attempt finds the lock held, the thread registers as a waiter
-    /// (subscribed and confirmed before it goes on, so no release can be
-    /// missed) and attempts again at once; from then on each attempt also
-    /// learns how long the holder keeps the key, and the thread sleeps until
-    /// it is woken by a release, that time runs out, the wake cap passes,
-    /// or the deadline comes. Failures are retried on the backoff's delays.
-    fn wait(
-        &self,
-        key: &[u8],
-        ttl: Duration,
-        policy: &RetryPolicy,
-        deadline: Option<Instant>,
-    ) -> Waited {
-        let fair = self.shared.fair;
-        // Fair mode keeps one token, its place in the queue, for the whole
-        // wait; it is still fresh for this acquisition.
-        let fair_token = match fair.then(Token::random).transpose() {
-            Ok(token) => token,
-            Err(e) => return Waited::Failed(Error::RandomSource(e.to_string().into())),
-        };
-        let cap = if fair {
-            // Often enough to renew the place in the queue.
-            policy.cap().min(Duration::from_millis(FAIR_LEASE_MS / 5))
-        } else {
-            policy.cap()
-        };
-        let mut delays = policy.delays();
-        let mut waiter: Option<Registration<'_>> = None;
-        let mut attempts = 0u32;
-        let mut waited = loop {
-            attempts = attempts.saturating_add(1);
-            if let Some(waiter) = &waiter {
-                // A lock handed over since the last look needs no attempt
-                // (which would only find it held, by the handed token).
-                if let Some(handed) = waiter.attempting() {
-                    break Waited::Got(self.handed(key, ttl, handed, attempts));
-                }
-            }
-            let how = self.how(true, waiter.is_some());
-            // `trouble`: a failure worth retrying; else the lock was held.
-            let (trouble, retry_in) = match self.attempt(key, ttl, attempts, how, fair_token) {
-                Ok(Ok(lock)) => break Waited::Got(lock),
-                Ok(Err(retry_in)) => (None, retry_in),
-                Err(e) if e.is_retryable() => (Some(e), None),
-                Err(e) => break Waited::Failed(e),
-            };
-            // Waiting to be woken is for held locks; failures back off.
-            let wake = policy.wakes() && trouble.is_none();
-            let stop = |held: Waited| trouble.map_or(held, Waited::Failed);
-            if attempts >= policy.attempts_bound() {
-                break stop(Waited::Held { attempts });
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                break stop(Waited::TimedOut { attempts });
-            }
-            if wake && waiter.is_none() {
-                let listen_until = time::deadline(now, self.shared.io_timeout);
-                let listen_until = deadline.map_or(listen_until, |d| d.min(listen_until));
-                waiter = Some(self.shared.wakeups.register(key, ttl, listen_until));
-                continue;
-            }
-            let nap = match (wake, retry_in) {
-                // The holder's key expires in `r`: look just after.
-                (true, Some(r)) => (r + Duration::from_millis(1)).min(cap),
-                (true, None) => cap,
-                (false, _) => delays.next().unwrap_or(cap),
-            };
-            let until = time::deadline(now, nap);
-            let until = deadline.map_or(until, |d| d.min(until));
-            match &waiter {
-                Some(waiter) if wake => {
-                    waiter.wait(until);
-                    if let Some(handed) = waiter.take_handed() {
-                        break Waited::Got(self.handed(key, ttl, handed, attempts));
-                    }
-                }
-                _ => std::thread::sleep(until.saturating_duration_since(Instant::now())),
-            }
-        };
-        // A handoff under way to this thread is seen through before leaving.
-        if let Some(handed) = waiter.as_ref().and_then(Registration::settle) {
-            match waited {
-                // Cannot happen (a key handed over was never free for us to
-                // take), but a lock must never be left behind.
-                Waited::Got(_) => {
-                    let _ = self.shared.route.release(key, &handed.0);
-                }
-                _ => waited = Waited::Got(self.handed(key, ttl, handed, attempts)),
-            }
-        }
-        if let (Some(token), false) = (fair_token, matches!(waited, Waited::Got(_))) {
-            self.shared.route.fair_leave(key, &token);
-        }
-        waited
     }
 
     /// What kind of attempt the manager's mode makes: `waits` for one made
@@ -441,7 +576,7 @@ impl LockManager {
                 attempt,
                 fence,
             ))),
-            Acquired::Held { retry_in } => Ok(Err(retry_in)),
+            Acquired::Held { retry_in, .. } => Ok(Err(retry_in)),
         }
     }
 
@@ -547,16 +682,7 @@ impl LockManager {
 
     /// Validates a key and a TTL; returns the TTL in whole milliseconds.
     pub(crate) fn check(&self, key: &[u8], ttl: Duration) -> Result<Duration> {
-        let max_key_len = self.shared.limits.max_key_len;
-        if key.is_empty() {
-            return Err(Error::invalid("key is empty"));
-        }
-        if key.len() > max_key_len {
-            return Err(Error::invalid(format!(
-                "key is {} bytes, over the {max_key_len} byte cap",
-                key.len(),
-            )));
-        }
+        self.check_key(key)?;
         let shared = &*self.shared;
         if (shared.fencing || shared.fair)
             && shared.route.is_cluster()
@@ -568,6 +694,21 @@ impl LockManager {
             )));
         }
         self.check_ttl(ttl)
+    }
+
+    /// Validates a key: not empty, within the manager's length cap.
+    pub(crate) fn check_key(&self, key: &[u8]) -> Result<()> {
+        let max_key_len = self.shared.limits.max_key_len;
+        if key.is_empty() {
+            return Err(Error::invalid("key is empty"));
+        }
+        if key.len() > max_key_len {
+            return Err(Error::invalid(format!(
+                "key is {} bytes, over the {max_key_len} byte cap",
+                key.len(),
+            )));
+        }
+        Ok(())
     }
 
     /// Validates a TTL; returns it rounded down to whole milliseconds, as it

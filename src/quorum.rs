@@ -52,8 +52,11 @@ pub(crate) enum Acquired {
     },
     /// Held by another owner on enough nodes that no quorum was possible;
     /// `retry_in`, when the nodes said, is when the first of those keys
-    /// expires.
-    Held { retry_in: Option<Duration> },
+    /// expires; `blocker`, for a multi-key lock, which of its keys.
+    Held {
+        retry_in: Option<Duration>,
+        blocker: Option<u16>,
+    },
 }
 
 /// Outcome of a direct handoff.
@@ -315,13 +318,28 @@ impl Quorum {
                 pttl: waiting,
             },
         };
+        self.acquire_op(op, key, token, ttl)
+    }
+
+    /// One acquisition attempt by `op`, which grants for `ttl` (a lock's,
+    /// or a primitive's: a permit, a read or write lock, a multi-key
+    /// lock). The rules of [`acquire`](Self::acquire), the clean-up by the
+    /// operation's own release.
+    #[inline]
+    pub(crate) fn acquire_op(
+        &self,
+        op: Op<'_>,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Acquired, Error> {
         let mut round = self.round(op, key, token);
         // Nodes in their restart quarantine take no part (see `Round`).
         round.run(self.all());
         let tally = round.tally();
         let valid_until = self.valid_until(tally.start, ttl);
         if tally.yes_count() >= self.needed() && tally.end < valid_until {
-            let fence = matches!(attempt, Attempt::Fenced { .. }).then_some(tally.fence);
+            let fence = matches!(op, Op::FencedAcquire { .. }).then_some(tally.fence);
             let Some((replicas, wait)) = self.replicas else {
                 return Ok(Acquired::Granted { valid_until, fence });
             };
@@ -362,6 +380,7 @@ impl Quorum {
         } else if tally.no_count() > self.nodes.len() - self.needed() {
             Ok(Acquired::Held {
                 retry_in: tally.held_ms.map(Duration::from_millis),
+                blocker: tally.blocker,
             })
         } else {
             Err(self.no_quorum(tally))
@@ -461,7 +480,12 @@ impl Quorum {
     /// Releases on every node. `true` when a quorum deleted our key, `false`
     /// when a majority no longer held our token.
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool, Error> {
-        let mut round = self.round(Op::Release, key, token);
+        self.release_op(Op::Release, key, token)
+    }
+
+    /// [`release`](Self::release) by `op` (a primitive's release).
+    pub(crate) fn release_op(&self, op: Op<'_>, key: &[u8], token: &Token) -> Result<bool, Error> {
+        let mut round = self.round(op, key, token);
         round.run(self.all());
         let tally = round.tally();
         if tally.yes_count() >= self.needed() {
@@ -495,6 +519,19 @@ impl Quorum {
         let op = Op::Extend {
             ttl_ms: millis(ttl),
         };
+        self.extend_op(op, key, token, ttl)
+    }
+
+    /// [`extend`](Self::extend) by `op`, which renews for `ttl` (a
+    /// primitive's renewal); a lock found lost is cleaned up by the
+    /// operation's own release.
+    pub(crate) fn extend_op(
+        &self,
+        op: Op<'_>,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Instant, ExtendFailed> {
         let mut round = self.round(op, key, token);
         round.run(self.all());
         let tally = round.tally();
@@ -509,7 +546,9 @@ impl Quorum {
                 ttl,
             }
         } else if tally.no_count() > self.nodes.len() - self.needed() {
-            let skip = tally.no;
+            // A node that said no holds nothing of ours, except a
+            // multi-key lock's that kept some of its keys.
+            let skip = if op.partial_no() { 0 } else { tally.no };
             round.clean_up(skip);
             Error::LockLost
         } else {
@@ -623,7 +662,7 @@ fn check_distinct(endpoints: &[Endpoint]) -> Result<(), Error> {
 
 /// A TTL in whole milliseconds, as `PX`/`PEXPIRE` take it. Callers have
 /// validated it (at least 1 ms, at most the configured cap).
-fn millis(ttl: Duration) -> u64 {
+pub(crate) fn millis(ttl: Duration) -> u64 {
     u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 

@@ -74,6 +74,9 @@ pub(crate) struct Tally {
     pub(crate) held_ms: Option<u64>,
     /// The highest fence a node that granted gave (fencing mode), else 0.
     pub(crate) fence: u64,
+    /// Which key of a multi-key lock a node found held (the first node
+    /// that said).
+    pub(crate) blocker: Option<u16>,
     /// Nodes whose request was written whole: it may have been applied,
     /// whatever (if anything) came back.
     pub(crate) sent: Mask,
@@ -92,6 +95,7 @@ impl Tally {
             no: 0,
             held_ms: None,
             fence: 0,
+            blocker: None,
             sent: 0,
             first_failure: None,
             start: now,
@@ -105,6 +109,14 @@ impl Tally {
 
     pub(crate) fn no_count(&self) -> usize {
         self.no.count_ones() as usize
+    }
+
+    /// Node `node` said no; its holder keeps the key `held_ms` more.
+    fn held(&mut self, node: usize, held_ms: Option<u64>) {
+        self.no |= 1 << node;
+        if let Some(ms) = held_ms {
+            self.held_ms = Some(self.held_ms.map_or(ms, |m| m.min(ms)));
+        }
     }
 
     fn fail(&mut self, node: usize, failure: Failure) {
@@ -317,11 +329,10 @@ impl<'q> Round<'q> {
                         *slot = bits;
                     }
                 }
-                Ok(Vote::No { held_ms }) => {
-                    self.tally.no |= 1 << i;
-                    if let Some(ms) = held_ms {
-                        self.tally.held_ms = Some(self.tally.held_ms.map_or(ms, |m| m.min(ms)));
-                    }
+                Ok(Vote::No { held_ms }) => self.tally.held(i, held_ms),
+                Ok(Vote::Blocked { held_ms, index }) => {
+                    self.tally.held(i, held_ms);
+                    self.tally.blocker.get_or_insert(index);
                 }
                 Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
                     redos.push((i, Redo::Source));
@@ -408,12 +419,6 @@ impl<'q> Round<'q> {
         }
     }
 
-    /// Releases whatever this round may have written, on the very
-    /// connections it used, except on the nodes in `skip` (they said nothing
-    /// was written). On the same connection the release runs after the
-    /// request even when the request's reply never came: a connection that
-    /// timed out still carries it, then is closed without waiting for a
-    /// reply. Returns the round's tally (not the clean-up's).
     /// After a grant: asks each node in `granted`, on the very connection
     /// that wrote the lock (`WAIT` counts that connection's writes), whether
     /// `replicas` of its replicas acknowledged it within `wait`. The answers
@@ -467,6 +472,13 @@ impl<'q> Round<'q> {
         std::mem::replace(&mut self.tally, acquired)
     }
 
+    /// Releases whatever this round may have written, on the very
+    /// connections it used, except on the nodes in `skip` (they said nothing
+    /// was written): a lock's release, or a primitive's own
+    /// ([`Op::undo`]). On the same connection the release runs after the
+    /// request even when the request's reply never came: a connection that
+    /// timed out still carries it, then is closed without waiting for a
+    /// reply. Returns the round's tally (not the clean-up's).
     pub(crate) fn clean_up(self, skip: Mask) -> Tally {
         let token = self.token;
         self.clean_up_token(skip, token)
@@ -491,7 +503,7 @@ impl<'q> Round<'q> {
                 continue;
             };
             // By source, so that no NOSCRIPT round is needed.
-            self.put(&mut conn, Op::Release, token, Form::Source);
+            self.put(&mut conn, self.op.undo(), token, Form::Source);
             let sent = self.send(&mut conn).is_ok();
             let conn = self.slots[i].insert(conn);
             if sent {
@@ -502,7 +514,7 @@ impl<'q> Round<'q> {
                 }
             }
         }
-        self.op = Op::Release;
+        self.op = self.op.undo();
         let now = Instant::now();
         let tally = std::mem::replace(&mut self.tally, Tally::new(now));
         self.gather(

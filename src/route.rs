@@ -125,6 +125,42 @@ impl Route {
         )
     }
 
+    /// See [`Quorum::acquire_op`]; `key` places it (a primitive's key, a
+    /// multi-key lock's first).
+    pub(crate) fn acquire_op(
+        &self,
+        op: Op<'_>,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Acquired, Error> {
+        self.on(
+            key,
+            |q| q.acquire_op(op, key, token, ttl),
+            |r| r.as_ref().err(),
+        )
+    }
+
+    /// See [`Quorum::extend_op`].
+    pub(crate) fn extend_op(
+        &self,
+        op: Op<'_>,
+        key: &[u8],
+        token: &Token,
+        ttl: Duration,
+    ) -> Result<Instant, ExtendFailed> {
+        self.on(
+            key,
+            |q| q.extend_op(op, key, token, ttl),
+            |r| r.as_ref().err().map(|f| &f.error),
+        )
+    }
+
+    /// See [`Quorum::release_op`].
+    pub(crate) fn release_op(&self, op: Op<'_>, key: &[u8], token: &Token) -> Result<bool, Error> {
+        self.on(key, |q| q.release_op(op, key, token), |r| r.as_ref().err())
+    }
+
     /// See [`Quorum::handoff`].
     pub(crate) fn handoff(
         &self,

@@ -17,6 +17,7 @@ use std::sync::LazyLock;
 use bytes::{BufMut, BytesMut};
 
 use crate::error::Failure;
+use crate::primitives::script::Shaped;
 use crate::resp::{self, Reply};
 use crate::token::Token;
 
@@ -169,7 +170,7 @@ pub(crate) struct Script {
 }
 
 impl Script {
-    fn new(source: &'static str, keys: usize, argc: usize) -> Script {
+    pub(crate) fn new(source: &'static str, keys: usize, argc: usize) -> Script {
         let mut sha = [0u8; SHA_LEN];
         sha.copy_from_slice(redis::Script::new(source).get_hash().as_bytes());
         let head = |verb: &[u8], script: &[u8]| {
@@ -189,10 +190,25 @@ impl Script {
     }
 
     #[inline]
-    fn head(&self, form: Form) -> &[u8] {
+    pub(crate) fn head(&self, form: Form) -> &[u8] {
         match form {
             Form::Sha => &self.by_sha,
             Form::Source => &self.by_source,
+        }
+    }
+
+    /// Appends `EVALSHA <sha>` or `EVAL <source>`, for a call whose front
+    /// is not constant (the argument count varies).
+    pub(crate) fn put_call(&self, buf: &mut BytesMut, form: Form) {
+        match form {
+            Form::Sha => {
+                resp::put_bulk(buf, b"EVALSHA");
+                resp::put_bulk(buf, &self.sha);
+            }
+            Form::Source => {
+                resp::put_bulk(buf, b"EVAL");
+                resp::put_bulk(buf, self.source.as_bytes());
+            }
         }
     }
 }
@@ -208,11 +224,23 @@ pub(crate) struct Scripts {
     pub(crate) extend_many: Script,
     pub(crate) fenced_acquire: Script,
     pub(crate) fence_write: Script,
+    /// The semaphore's, the read-write lock's, the multi-key lock's.
+    pub(crate) shaped: crate::primitives::script::Scripts,
 }
 
 impl Scripts {
-    pub(crate) fn all(&self) -> [&Script; 9] {
+    pub(crate) fn all(&self) -> [&Script; 18] {
+        let [a, b, c, d, e, f, g, h, i] = self.shaped.all();
         [
+            a,
+            b,
+            c,
+            d,
+            e,
+            f,
+            g,
+            h,
+            i,
             &self.release,
             &self.extend,
             &self.acquire_or_pttl,
@@ -244,6 +272,7 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
     fenced_acquire: Script::new(FENCED_ACQUIRE, 2, 8),
     // EVALSHA sha 2 key fence-key token fence
     fence_write: Script::new(FENCE_WRITE, 2, 7),
+    shaped: crate::primitives::script::Scripts::new(),
 });
 
 /// `SET` with its 6 arguments' count, as RESP.
@@ -309,6 +338,8 @@ pub(crate) enum Op<'a> {
     /// `WAIT replicas timeout_ms`, on the connection that just wrote the
     /// lock: yes when at least `replicas` replicas acknowledged it.
     WaitReplicas { replicas: u32, timeout_ms: u64 },
+    /// A semaphore's, read-write lock's or multi-key lock's operation.
+    Shaped(Shaped<'a>),
 }
 
 /// How a script travels.
@@ -333,10 +364,13 @@ pub(crate) enum Vote {
     Each(u64),
     /// Granted, with this node's fence.
     Fenced(u64),
+    /// Not granted (a multi-key lock): key `index` of the set is held by
+    /// another owner, for `held_ms` when known.
+    Blocked { held_ms: Option<u64>, index: u16 },
 }
 
 impl Vote {
-    const NO: Vote = Vote::No { held_ms: None };
+    pub(crate) const NO: Vote = Vote::No { held_ms: None };
 }
 
 impl<'a> Op<'a> {
@@ -351,7 +385,25 @@ impl<'a> Op<'a> {
                 | Op::Handoff { .. }
                 | Op::FairAcquire { .. }
                 | Op::FencedAcquire { .. }
-        )
+        ) || matches!(self, Op::Shaped(shaped) if shaped.grants())
+    }
+
+    /// Whether a node's "no" to this operation may leave some of it held
+    /// there (a multi-key lock's renewal: some keys still ours), so that a
+    /// clean-up must not pass that node over.
+    #[inline]
+    pub(crate) fn partial_no(self) -> bool {
+        matches!(self, Op::Shaped(Shaped::MultiExtend { .. }))
+    }
+
+    /// The release that cleans up after this operation failed (or found
+    /// the lock lost): a lock's release, or a primitive's own.
+    #[inline]
+    pub(crate) fn undo(self) -> Op<'a> {
+        match self {
+            Op::Shaped(shaped) => Op::Shaped(shaped.undo()),
+            _ => Op::Release,
+        }
     }
 
     /// The operation to send again after a connection died before its
@@ -386,6 +438,7 @@ impl<'a> Op<'a> {
             Op::FencedAcquire { .. } | Op::FenceWrite { .. } => {
                 return self.encode_fenced(buf, key, token, form);
             }
+            Op::Shaped(shaped) => return shaped.encode(buf, key, token, form),
             Op::WaitReplicas {
                 replicas,
                 timeout_ms,
@@ -481,6 +534,7 @@ impl<'a> Op<'a> {
     pub(crate) fn interpret(self, reply: Reply<'_>) -> Result<Vote, Failure> {
         match (self, reply) {
             (_, Reply::Error(text)) => Err(Failure::from_server(text)),
+            (Op::Shaped(shaped), reply) => shaped.interpret(reply),
             (Op::Acquire { .. }, Reply::Simple(b"OK")) => Ok(Vote::Yes),
             (Op::Acquire { .. }, Reply::Nil) => Ok(Vote::NO),
             (Op::Acquire { .. }, _) => Err(Failure::Protocol("unexpected reply to SET NX PX")),
@@ -541,16 +595,7 @@ fn encode_many(buf: &mut BytesMut, keys: usize, args: &[u8], form: Form) {
     buf.put_u8(b'*');
     buf.put_slice(num.format(3 + 3 * keys).as_bytes());
     buf.put_slice(b"\r\n");
-    match form {
-        Form::Sha => {
-            resp::put_bulk(buf, b"EVALSHA");
-            resp::put_bulk(buf, &script.sha);
-        }
-        Form::Source => {
-            resp::put_bulk(buf, b"EVAL");
-            resp::put_bulk(buf, script.source.as_bytes());
-        }
-    }
+    script.put_call(buf, form);
     resp::put_bulk(buf, num.format(keys).as_bytes());
     buf.put_slice(args);
 }
@@ -616,7 +661,7 @@ pub(crate) fn companion(key: &[u8], suffix: &[u8]) -> Vec<u8> {
 }
 
 /// Appends [`companion`]`(key, suffix)` as one bulk string.
-fn put_companion(buf: &mut BytesMut, key: &[u8], suffix: &[u8]) {
+pub(crate) fn put_companion(buf: &mut BytesMut, key: &[u8], suffix: &[u8]) {
     let wrap = wraps(key);
     let len = key.len() + suffix.len() + if wrap { 2 } else { 0 };
     buf.put_u8(b'$');

@@ -89,6 +89,9 @@ struct Slot {
     released_here: Option<[u8; TOKEN_PREFIX]>,
     /// Direct handoffs in a row.
     streak: u32,
+    /// Every waiter is woken by a release (a read-write lock's: readers can
+    /// all win at once); never handed over.
+    all: bool,
 }
 
 struct Waiter {
@@ -102,6 +105,19 @@ struct Waiter {
     claimed: bool,
     /// The lock handed over, not yet taken.
     handed: Option<Handed>,
+    /// It waits for a plain lock, which a release may hand over to it (a
+    /// primitive's waiter, or a multi-key lock's, is only woken).
+    takes_handoff: bool,
+}
+
+/// How a waiter wants to be told of a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Wants {
+    /// Every waiter for the key is woken, not only the oldest (readers can
+    /// all win at once). Set by any waiter, it holds for the key.
+    pub(crate) all: bool,
+    /// A release may hand the lock over directly (plain locks).
+    pub(crate) handoff: bool,
 }
 
 /// A waiter chosen for a handoff.
@@ -141,7 +157,7 @@ impl Slot {
     /// Wakes the oldest waiter not woken yet, unless one is already on its
     /// way; or every waiter.
     fn wake(&mut self, all: bool) {
-        if all {
+        if all || self.all {
             for w in &mut self.queue {
                 w.woken = true;
                 w.thread.unpark();
@@ -184,6 +200,7 @@ impl Waiters {
         &self,
         key: &[u8],
         ttl: Duration,
+        wants: Wants,
         first: impl FnOnce(&[u8]),
     ) -> Registered {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
@@ -194,11 +211,14 @@ impl Waiters {
             ttl,
             claimed: false,
             handed: None,
+            takes_handoff: wants.handoff,
         };
+        let all = wants.all;
         let mut table = self.table.lock();
         self.registered.fetch_add(1, Ordering::Relaxed);
         if let Some(slot) = table.iter().position(|s| s.in_use && s.key[..] == *key) {
             table[slot].queue.push(waiter);
+            table[slot].all |= all;
             return Registered { slot, id };
         }
         let slot = match table.iter().position(|s| !s.in_use) {
@@ -212,6 +232,7 @@ impl Waiters {
                     confirmed: 0,
                     released_here: None,
                     streak: 0,
+                    all: false,
                 });
                 table.len() - 1
             }
@@ -225,6 +246,7 @@ impl Waiters {
         s.confirmed = 0;
         s.released_here = None;
         s.streak = 0;
+        s.all = all;
         first(key);
         Registered { slot, id }
     }
@@ -267,9 +289,10 @@ impl Waiters {
         None
     }
 
-    /// Chooses the oldest waiter for `key` for a direct handoff; `None` when
-    /// there is none, in fair mode, or when the key's streak of handoffs
-    /// calls for a real release.
+    /// Chooses the oldest waiter for `key` that takes a handoff (a plain
+    /// lock's); `None` when there is none, in fair mode, for a key whose
+    /// waiters are all woken, or when the key's streak of handoffs calls for
+    /// a real release.
     pub(crate) fn claim(&self, key: &[u8]) -> Option<Claim> {
         if self.wake_all || self.is_idle() {
             return None;
@@ -277,6 +300,9 @@ impl Waiters {
         let mut table = self.table.lock();
         let slot = table.iter().position(|s| s.in_use && s.key[..] == *key)?;
         let s = &mut table[slot];
+        if s.all {
+            return None;
+        }
         if s.streak >= HANDOFF_STREAK {
             s.streak = 0;
             return None;
@@ -284,7 +310,7 @@ impl Waiters {
         let waiter = s
             .queue
             .iter_mut()
-            .find(|w| !w.claimed && w.handed.is_none())?;
+            .find(|w| w.takes_handoff && !w.claimed && w.handed.is_none())?;
         waiter.claimed = true;
         s.streak += 1;
         Some(Claim {
@@ -459,9 +485,15 @@ impl Wakeups {
     /// for a key subscribes its channel on every node and waits (until
     /// `until` at most) for the connected nodes to confirm: from then on no
     /// release can go unnoticed, and the caller's next attempt decides.
-    pub(crate) fn register(&self, key: &[u8], ttl: Duration, until: Instant) -> Registration<'_> {
+    pub(crate) fn register(
+        &self,
+        key: &[u8],
+        ttl: Duration,
+        until: Instant,
+        wants: Wants,
+    ) -> Registration<'_> {
         let mut asked: Mask = 0;
-        let place = self.waiters.register(key, ttl, |key| {
+        let place = self.waiters.register(key, ttl, wants, |key| {
             for (i, subscriber) in self.subscribers.iter().enumerate() {
                 if subscriber.subscribe(key) {
                     asked |= 1 << i;
@@ -592,6 +624,11 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const LOCK: Wants = Wants {
+        all: false,
+        handoff: true,
+    };
+
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
     }
@@ -604,8 +641,8 @@ mod tests {
     fn one_wake_per_release_oldest_first() {
         let waiters = Waiters::new(false);
         let mut firsts = 0;
-        let a = waiters.register(b"k", Duration::from_secs(1), |_| firsts += 1);
-        let b = waiters.register(b"k", Duration::from_secs(1), |_| firsts += 1);
+        let a = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| firsts += 1);
+        let b = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| firsts += 1);
         assert_eq!(firsts, 1, "only the first waiter subscribes");
         waiters.message(b"k", b"00000000");
         waiters.message(b"k", b"11111111");
@@ -629,8 +666,8 @@ mod tests {
     #[test]
     fn an_unused_wake_is_passed_on() {
         let waiters = Waiters::new(false);
-        let a = waiters.register(b"k", Duration::from_secs(1), |_| {});
-        let b = waiters.register(b"k", Duration::from_secs(1), |_| {});
+        let a = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        let b = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
         waiters.released_here(b"k", b"0123456789abcdef");
         waiters.deregister(&a, |_| {});
         assert!(waiters.wait(&b, Instant::now()));
@@ -642,7 +679,7 @@ mod tests {
     #[test]
     fn own_release_messages_are_ignored() {
         let waiters = Waiters::new(false);
-        let a = waiters.register(b"k", Duration::from_secs(1), |_| {});
+        let a = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
         waiters.released_here(b"k", b"abcdef0123456789");
         assert!(waiters.wait(&a, Instant::now()));
         waiters.attempting(&a);
@@ -659,7 +696,7 @@ mod tests {
     #[test]
     fn a_handoff_before_an_attempt_is_not_lost() {
         let waiters = Waiters::new(false);
-        let a = waiters.register(b"k", Duration::from_secs(1), |_| {});
+        let a = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
         let claim = waiters.claim(b"k").expect("a waiter to claim");
         let token = Token::random().expect("token");
         assert!(waiters.deliver(claim, Some((token, Instant::now()))));
@@ -672,16 +709,57 @@ mod tests {
     #[test]
     fn wake_all_when_asked() {
         let fair = Waiters::new(true);
-        let a = fair.register(b"k", Duration::from_secs(1), |_| {});
-        let b = fair.register(b"k", Duration::from_secs(1), |_| {});
+        let a = fair.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        let b = fair.register(b"k", Duration::from_secs(1), LOCK, |_| {});
         fair.message(b"k", b"x");
         assert!(fair.wait(&a, Instant::now()) && fair.wait(&b, Instant::now()));
         let plain = Waiters::new(false);
-        let c = plain.register(b"k", Duration::from_secs(1), |_| {});
-        let d = plain.register(b"k", Duration::from_secs(1), |_| {});
+        let c = plain.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        let d = plain.register(b"k", Duration::from_secs(1), LOCK, |_| {});
         plain.confirmed(b"k", 0);
         plain.lost(0);
         assert!(plain.wait(&c, Instant::now()) && plain.wait(&d, Instant::now()));
+    }
+
+    /// A key registered to wake all (a read-write lock's) wakes every
+    /// waiter on one release, in a manager that otherwise wakes one, and
+    /// is never claimed for a handoff; other keys still wake one.
+    #[test]
+    fn wake_all_for_one_key() {
+        let waiters = Waiters::new(false);
+        let rw = Wants {
+            all: true,
+            handoff: false,
+        };
+        let a = waiters.register(b"rw", Duration::from_secs(1), rw, |_| {});
+        let b = waiters.register(b"rw", Duration::from_secs(1), LOCK, |_| {});
+        let c = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        let d = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        assert!(waiters.claim(b"rw").is_none());
+        waiters.message(b"rw", b"x");
+        waiters.message(b"k", b"x");
+        assert!(waiters.wait(&a, Instant::now()) && waiters.wait(&b, Instant::now()));
+        assert!(waiters.wait(&c, Instant::now()));
+        assert!(!waiters.wait(&d, Instant::now()));
+    }
+
+    /// A waiter that takes no handoff (a multi-key lock's, on a key a plain
+    /// lock also uses) is passed over by a claim, for the next lock waiter.
+    #[test]
+    fn only_lock_waiters_are_handed_a_lock() {
+        let waiters = Waiters::new(false);
+        let set = Wants {
+            all: false,
+            handoff: false,
+        };
+        let a = waiters.register(b"k", Duration::from_secs(1), set, |_| {});
+        assert!(waiters.claim(b"k").is_none());
+        let b = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        let claim = waiters.claim(b"k").expect("the lock waiter");
+        assert_eq!(claim.id, b.id);
+        assert!(waiters.deliver(claim, None));
+        waiters.deregister(&a, |_| {});
+        waiters.deregister(&b, |_| {});
     }
 
     /// A parked thread is woken by another thread's release well before its
@@ -689,7 +767,7 @@ mod tests {
     #[test]
     fn a_parked_thread_is_woken() {
         let waiters = Arc::new(Waiters::new(false));
-        let r = waiters.register(b"k", Duration::from_secs(1), |_| {});
+        let r = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
         let waker = {
             let waiters = Arc::clone(&waiters);
             thread::spawn(move || {

@@ -11,6 +11,7 @@ use bytes::BytesMut;
 use super::reference::{self, RefParse, RefReply};
 use crate::LockManager;
 use crate::error::Error;
+use crate::primitives::script::{READERS_SUFFIX, Shaped, TURN_MS, TURN_SUFFIX};
 use crate::resp::{self, MAX_REPLY, Parse, ReadBuf, Reply};
 use crate::script::{Form, Op, SCRIPTS};
 use crate::token::Token;
@@ -157,7 +158,12 @@ pub fn roundtrip(data: &[u8]) {
     batch.push(right, &to, ttl_ms / 2);
     let half_ttl = (ttl_ms / 2).to_string().into_bytes();
     let replicas_text = (ttl_ms % 7).to_string().into_bytes();
-    let op = match selector % 11 {
+    // A multi-key lock over the two halves of the key.
+    let mut multi_keys = BytesMut::new();
+    crate::resp::put_bulk(&mut multi_keys, left);
+    crate::resp::put_bulk(&mut multi_keys, right);
+    let permits = (ttl_ms % 1000) as u32;
+    let op = match selector % 20 {
         0 => Op::Acquire { ttl_ms },
         1 => Op::Release,
         2 => Op::Extend { ttl_ms },
@@ -174,7 +180,33 @@ pub fn roundtrip(data: &[u8]) {
             replicas: (ttl_ms % 7) as u32,
             timeout_ms: ttl_ms,
         },
-        _ => batch.op(),
+        10 => batch.op(),
+        11 => Op::Shaped(Shaped::SemAcquire { ttl_ms, permits }),
+        12 => Op::Shaped(Shaped::MemberExtend {
+            ttl_ms,
+            readers: enqueue,
+        }),
+        13 => Op::Shaped(Shaped::MemberRelease { readers: enqueue }),
+        14 => Op::Shaped(Shaped::ReadAcquire { ttl_ms }),
+        15 => Op::Shaped(Shaped::WriteAcquire {
+            ttl_ms,
+            waits: enqueue,
+        }),
+        16 => Op::Shaped(Shaped::WriteRelease),
+        17 => Op::Shaped(Shaped::MultiAcquire {
+            ttl_ms,
+            keys: &multi_keys,
+            count: 2,
+        }),
+        18 => Op::Shaped(Shaped::MultiExtend {
+            ttl_ms,
+            keys: &multi_keys,
+            count: 2,
+        }),
+        _ => Op::Shaped(Shaped::MultiRelease {
+            keys: &multi_keys,
+            count: 2,
+        }),
     };
     let mut buf = BytesMut::new();
     op.encode(&mut buf, key, &token, form);
@@ -194,6 +226,20 @@ pub fn roundtrip(data: &[u8]) {
         Op::FenceWrite { .. } => &scripts.fence_write,
         // Not a script: its expected command is below.
         Op::WaitReplicas { .. } => &scripts.release,
+        Op::Shaped(shaped) => {
+            let p = &scripts.shaped;
+            match shaped {
+                Shaped::SemAcquire { .. } => &p.sem_acquire,
+                Shaped::MemberExtend { .. } => &p.member_extend,
+                Shaped::MemberRelease { .. } => &p.member_release,
+                Shaped::ReadAcquire { .. } => &p.read_acquire,
+                Shaped::WriteAcquire { .. } => &p.write_acquire,
+                Shaped::WriteRelease => &p.write_release,
+                Shaped::MultiAcquire { .. } => &p.multi_acquire,
+                Shaped::MultiExtend { .. } => &p.multi_extend,
+                Shaped::MultiRelease { .. } => &p.multi_release,
+            }
+        }
     };
     let (verb, first): (&[u8], &[u8]) = if full_script {
         (b"EVAL", script.source.as_bytes())
@@ -205,6 +251,11 @@ pub fn roundtrip(data: &[u8]) {
         .map(|suffix| crate::script::companion(key, suffix))
         .collect();
     let fence_key = crate::script::companion(key, crate::script::FENCE_SUFFIX);
+    let readers = crate::script::companion(key, READERS_SUFFIX);
+    let turn = crate::script::companion(key, TURN_SUFFIX);
+    let permits_text = permits.to_string().into_bytes();
+    let turn_ms = TURN_MS.to_string().into_bytes();
+    let set: &[u8] = if enqueue { &readers } else { key };
     let t = token.as_bytes();
     let expected: Vec<&[u8]> = match op {
         Op::Acquire { .. } => vec![b"SET", key, t, b"NX", b"PX", &ttl_text],
@@ -228,6 +279,31 @@ pub fn roundtrip(data: &[u8]) {
             args
         }
         Op::WaitReplicas { .. } => vec![b"WAIT", &replicas_text, &ttl_text],
+        Op::Shaped(shaped) => match shaped {
+            Shaped::SemAcquire { .. } => vec![verb, first, b"1", key, t, &ttl_text, &permits_text],
+            Shaped::MemberExtend { .. } => vec![verb, first, b"1", set, t, &ttl_text],
+            Shaped::MemberRelease { .. } => vec![verb, first, b"1", set, t, key],
+            Shaped::ReadAcquire { .. } => {
+                vec![verb, first, b"3", key, &readers, &turn, t, &ttl_text]
+            }
+            Shaped::WriteAcquire { waits, .. } => vec![
+                verb,
+                first,
+                b"3",
+                key,
+                &readers,
+                &turn,
+                t,
+                &ttl_text,
+                &turn_ms,
+                if waits { b"1" } else { b"0" },
+            ],
+            Shaped::WriteRelease => vec![verb, first, b"2", key, &turn, t],
+            Shaped::MultiAcquire { .. } | Shaped::MultiExtend { .. } => {
+                vec![verb, first, b"2", left, right, t, &ttl_text]
+            }
+            Shaped::MultiRelease { .. } => vec![verb, first, b"2", left, right, t],
+        },
         Op::ExtendMany { .. } => vec![
             verb,
             first,

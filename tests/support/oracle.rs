@@ -242,3 +242,98 @@ impl Drop for BrokenLock {
         let _: redis::RedisResult<()> = redis::cmd("DEL").arg(&self.key).query(&mut self.con);
     }
 }
+
+/// Enters a section of `name` that admits `k` holders at once (a
+/// semaphore's): `INCR` of its gauge, which reports how many were inside
+/// with this one. `name:max` keeps the highest count seen. Returns whether
+/// more than `k` were inside. Leave with [`leave`].
+pub fn enter_k(con: &mut redis::Connection, name: &str, k: i64) -> bool {
+    const ENTER: &str = r#"local n = redis.call("incr", KEYS[1])
+if n > tonumber(redis.call("get", KEYS[2]) or "0") then redis.call("set", KEYS[2], n) end
+return n"#;
+    let inside: i64 = redis::cmd("EVAL")
+        .arg(ENTER)
+        .arg(2)
+        .arg(format!("{name}:in"))
+        .arg(format!("{name}:max"))
+        .query(con)
+        .expect("enter");
+    inside > k
+}
+
+/// Leaves a section entered by [`enter_k`].
+pub fn leave(con: &mut redis::Connection, name: &str) {
+    let _: i64 = redis::cmd("DECR")
+        .arg(format!("{name}:in"))
+        .query(con)
+        .expect("leave");
+}
+
+/// The most holders [`enter_k`] saw inside `name` at once.
+pub fn most_inside(con: &mut redis::Connection, name: &str) -> i64 {
+    let max: Option<i64> = redis::cmd("GET")
+        .arg(format!("{name}:max"))
+        .query(con)
+        .expect("GET max");
+    max.unwrap_or(0)
+}
+
+/// Enters a read-write section of `name`, as a writer or a reader, in one
+/// step on the server; returns whether it clashed: a writer with anyone
+/// inside, a reader with a writer inside. Any overlap shows at the later
+/// entry. Leave with [`leave_rw`].
+pub fn enter_rw(con: &mut redis::Connection, name: &str, write: bool) -> bool {
+    const ENTER: &str = r#"local mine = redis.call("incr", KEYS[1])
+local other = tonumber(redis.call("get", KEYS[2]) or "0")
+if ARGV[1] == "w" then return (mine > 1 or other > 0) and 1 or 0 end
+return other > 0 and 1 or 0"#;
+    let (mine, other) = rw_keys(name, write);
+    let clash: i64 = redis::cmd("EVAL")
+        .arg(ENTER)
+        .arg(2)
+        .arg(mine)
+        .arg(other)
+        .arg(if write { "w" } else { "r" })
+        .query(con)
+        .expect("enter rw");
+    clash == 1
+}
+
+/// Leaves a section entered by [`enter_rw`].
+pub fn leave_rw(con: &mut redis::Connection, name: &str, write: bool) {
+    let _: i64 = redis::cmd("DECR")
+        .arg(rw_keys(name, write).0)
+        .query(con)
+        .expect("leave rw");
+}
+
+fn rw_keys(name: &str, write: bool) -> (String, String) {
+    let (w, r) = (format!("{name}:writers"), format!("{name}:readers"));
+    if write { (w, r) } else { (r, w) }
+}
+
+/// The most intervals, as `(key, begin, end)`, open at one instant on any
+/// one key (touching intervals do not count as open together): at most
+/// `k` for a semaphore of `k` permits.
+pub fn most_at_once<K: Ord + Copy, T: Ord + Copy>(intervals: &[(K, T, T)]) -> usize {
+    // Ends sort before beginnings at the same instant (false < true).
+    let mut events: Vec<(K, T, bool)> = intervals
+        .iter()
+        .flat_map(|&(k, b, e)| [(k, b, true), (k, e, false)])
+        .collect();
+    events.sort_unstable();
+    let (mut most, mut open, mut key) = (0, 0usize, None);
+    for (k, _, begins) in events {
+        if key != Some(k) {
+            key = Some(k);
+            open = 0;
+        }
+        if begins {
+            open += 1;
+            most = most.max(open);
+        } else {
+            open = open.saturating_sub(1);
+        }
+    }
+    most
+}
