@@ -117,6 +117,61 @@ fn fenced_cycles_do_not_allocate() {
     );
 }
 
+/// The primitives: a permit, a read lock, a write lock and a 3-key lock,
+/// each taken, extended and released, plus a refused attempt of each; the
+/// multi-key lock over 3 nodes too. Keys of 8 bytes: inline.
+#[test]
+fn primitives_do_not_allocate() {
+    let servers = RedisServer::start_many(3);
+    let one = support::manager([servers[0].url()]);
+    let three = support::manager(servers.iter().map(RedisServer::url));
+    let sem = one.semaphore(b"permits1", 2).expect("semaphore");
+    let rw = one.rwlock(b"rwlock01").expect("rwlock");
+    let keys: [&[u8]; 3] = [b"multi-k1", b"multi-k2", b"multi-k3"];
+    let mut results = Vec::new();
+    results.push(per_cycle("semaphore acquire + extend + release", || {
+        let mut permit = sem.try_acquire(TTL).expect("try").expect("free");
+        permit.extend(TTL).expect("extend");
+        assert!(permit.release().expect("release"));
+    }));
+    results.push(per_cycle("read + extend + release", || {
+        let mut read = rw.try_read(TTL).expect("try").expect("free");
+        read.extend(TTL).expect("extend");
+        assert!(read.release().expect("release"));
+    }));
+    results.push(per_cycle("write + extend + release", || {
+        let mut write = rw.try_write(TTL).expect("try").expect("free");
+        write.extend(TTL).expect("extend");
+        assert!(write.release().expect("release"));
+    }));
+    for (label, locks) in [("1 node", &one), ("3 nodes", &three)] {
+        results.push(per_cycle(
+            &format!("3-key lock + extend + release, {label}"),
+            || {
+                let mut set = locks.try_lock_all(&keys, TTL).expect("try").expect("free");
+                set.extend(TTL).expect("extend");
+                assert!(set.release().expect("release"));
+            },
+        ));
+    }
+    let _full = (
+        sem.try_acquire(TTL).expect("try").expect("free"),
+        sem.try_acquire(TTL).expect("try").expect("free"),
+    );
+    let _writer = rw.try_write(TTL).expect("try").expect("free");
+    let _set = one.try_lock_all(&keys, TTL).expect("try").expect("free");
+    results.push(per_cycle("refused permit, read, write and set", || {
+        assert!(sem.try_acquire(TTL).expect("try").is_none());
+        assert!(rw.try_read(TTL).expect("try").is_none());
+        assert!(rw.try_write(TTL).expect("try").is_none());
+        assert!(one.try_lock_all(&keys, TTL).expect("try").is_none());
+    }));
+    assert!(
+        results.iter().all(|&n| n == 0),
+        "the primitives allocated: {results:?}"
+    );
+}
+
 /// Parks the calling thread once on a parking_lot primitive. The first time
 /// a thread parks, parking_lot sets up its per-thread data and may create
 /// or grow its global table: once per thread (and per doubling of threads),
