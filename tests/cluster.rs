@@ -177,6 +177,68 @@ fn every_lock_feature_works_across_slots() {
     assert!(status.healthy(), "{status}");
 }
 
+/// The semaphore, the read-write lock and the multi-key lock in a
+/// cluster: each on its key's slot master (companion keys in the same
+/// slot, no `CROSSSLOT`), still working after their slot moved to another
+/// master while they were held; keys in different slots refused for a set,
+/// and a `}` key without a tag for a read-write lock.
+#[test]
+fn primitives_live_on_their_slots_master() {
+    let _serial = serial();
+    let cluster = Cluster::start(3, 0);
+    let locks = manager(&cluster);
+    let sem = locks.semaphore("pool:{s}", 2).expect("semaphore");
+    let rw = locks.rwlock("doc").expect("rwlock");
+    let keys = ["{acct}:7", "{acct}:3"];
+    let mut permit = sem.try_acquire(TTL).expect("try").expect("free");
+    let mut read = rw.try_read(TTL).expect("try").expect("free");
+    let mut set = locks.try_lock_all(&keys, TTL).expect("try").expect("free");
+    for (key, what) in [
+        ("pool:{s}", "semaphore"),
+        ("{doc}:redlease:readers", "readers"),
+        ("{acct}:7", "set"),
+    ] {
+        let owner = cluster
+            .owner_of(cluster.slot(key.as_bytes()), 0)
+            .expect("served");
+        assert_eq!(
+            cluster.servers[owner].cmd::<i64>(&[b"EXISTS", key.as_bytes()]),
+            1,
+            "{what} not on its slot's master"
+        );
+    }
+    // Each slot moves to another master while held.
+    for key in ["pool:{s}", "doc", "{acct}:7"] {
+        let slot = cluster.slot(key.as_bytes());
+        let from = cluster.owner_of(slot, 0).expect("served");
+        cluster.migrate(slot, from, (from + 1) % 3, Duration::ZERO);
+    }
+    permit.extend(TTL).expect("extend a moved permit");
+    read.extend(TTL).expect("extend a moved read lock");
+    set.extend(TTL).expect("extend a moved set");
+    assert!(
+        sem.try_acquire(TTL).expect("try").is_some(),
+        "the second permit"
+    );
+    assert!(
+        rw.try_write(TTL).expect("try").is_none(),
+        "a writer beside a reader"
+    );
+    assert!(locks.try_lock("{acct}:3", TTL).expect("try").is_none());
+    assert!(permit.release().expect("release"));
+    assert!(read.release().expect("release"));
+    assert!(set.release().expect("release"));
+    assert!(rw.try_write(TTL).expect("try").is_some());
+    match locks.try_lock_all(&["a", "b"], TTL) {
+        Err(Error::InvalidArgument(text)) => assert!(text.contains("hash tag"), "{text}"),
+        other => panic!("a set across slots: {other:?}"),
+    }
+    match locks.rwlock("a}b") {
+        Err(Error::InvalidArgument(text)) => assert!(text.contains("hash tag"), "{text}"),
+        other => panic!("a '}}' key without a tag: {other:?}"),
+    }
+}
+
 #[test]
 fn bad_cluster_settings_are_refused() {
     let _serial = serial();
