@@ -180,8 +180,10 @@ fn every_lock_feature_works_across_slots() {
 /// The semaphore, the read-write lock and the multi-key lock in a
 /// cluster: each on its key's slot master (companion keys in the same
 /// slot, no `CROSSSLOT`), still working after their slot moved to another
-/// master while they were held; keys in different slots refused for a set,
-/// and a `}` key without a tag for a read-write lock.
+/// master while they were held; a set across slots taken all or none (what
+/// it took released when a later slot's key is held, the waiter woken by
+/// that key's release); a `}` key without a tag refused for a read-write
+/// lock.
 #[test]
 fn primitives_live_on_their_slots_master() {
     let _serial = serial();
@@ -229,10 +231,77 @@ fn primitives_live_on_their_slots_master() {
     assert!(read.release().expect("release"));
     assert!(set.release().expect("release"));
     assert!(rw.try_write(TTL).expect("try").is_some());
-    match locks.try_lock_all(&["a", "b"], TTL) {
-        Err(Error::InvalidArgument(text)) => assert!(text.contains("hash tag"), "{text}"),
-        other => panic!("a set across slots: {other:?}"),
+    // A set across slots: taken slot by slot, all or none.
+    let spread = ["x:1", "x:2", "x:3", "x:4"];
+    let slots: std::collections::HashSet<u16> =
+        spread.iter().map(|k| cluster.slot(k.as_bytes())).collect();
+    assert!(slots.len() > 1, "the test needs keys in several slots");
+    let last = spread
+        .iter()
+        .max_by_key(|k| cluster.slot(k.as_bytes()))
+        .expect("keys");
+    let blocker = locks.try_lock(last, TTL).expect("try").expect("free");
+    assert!(locks.try_lock_all(&spread, TTL).expect("try").is_none());
+    for key in spread {
+        let owner = cluster
+            .owner_of(cluster.slot(key.as_bytes()), 0)
+            .expect("served");
+        let value = cluster.servers[owner].get(key.as_bytes());
+        assert!(
+            key == *last || value.is_none(),
+            "{key} kept after the set was refused"
+        );
     }
+    let waiting = thread::scope(|s| {
+        let waiter = s.spawn(|| locks.lock_all(&spread, TTL).expect("lock_all"));
+        thread::sleep(Duration::from_millis(100));
+        assert!(blocker.release().expect("release"));
+        waiter.join().expect("waiter")
+    });
+    let mut all = waiting;
+    assert_eq!(all.keys().count(), 4);
+    all.extend(TTL).expect("extend across slots");
+    assert!(all.remaining() > TTL - Duration::from_secs(1));
+    assert!(locks.try_lock(spread[0], TTL).expect("try").is_none());
+    assert!(all.release().expect("release"));
+    assert!(locks.try_lock_all(&spread, TTL).expect("try").is_some());
+    // Random overlapping sets across slots, taken by 6 threads in any
+    // order: all finish, and no key has two holders.
+    let oracle = Oracle::new("sets");
+    let intervals = Mutex::new(Vec::new());
+    thread::scope(|s| {
+        for t in 0..6u64 {
+            let (locks, oracle, intervals) = (&locks, &oracle, &intervals);
+            s.spawn(move || {
+                let mut rng = fastrand::Rng::with_seed(t);
+                let mut con = redis::Client::open(oracle.url())
+                    .expect("url")
+                    .get_connection()
+                    .expect("oracle");
+                for _ in 0..20 {
+                    let mut ids: Vec<u8> = (0..6).collect();
+                    rng.shuffle(&mut ids);
+                    ids.truncate(rng.usize(2..=3));
+                    let names: Vec<String> = ids.iter().map(|i| format!("spread:{i}")).collect();
+                    let set = locks.lock_all(&names, TTL).expect("lock_all");
+                    let begin = Instant::now();
+                    for name in &names {
+                        assert!(!support::oracle::enter_k(&mut con, name, 1), "{name} twice");
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                    for name in &names {
+                        support::oracle::leave(&mut con, name);
+                    }
+                    let end = Instant::now();
+                    assert!(set.release().expect("release"));
+                    let mut intervals = intervals.lock().expect("intervals");
+                    intervals.extend(ids.iter().map(|&i| (i, begin, end)));
+                }
+            });
+        }
+    });
+    let mut intervals = intervals.into_inner().expect("intervals");
+    assert_eq!(support::oracle::overlaps(&mut intervals), 0);
     match locks.rwlock("a}b") {
         Err(Error::InvalidArgument(text)) => assert!(text.contains("hash tag"), "{text}"),
         other => panic!("a '}}' key without a tag: {other:?}"),

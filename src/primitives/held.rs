@@ -75,14 +75,14 @@ impl Held {
         }
     }
 
-    fn remaining(&self) -> Duration {
+    pub(super) fn remaining(&self) -> Duration {
         if self.done {
             return Duration::ZERO;
         }
         self.valid_until.saturating_duration_since(Instant::now())
     }
 
-    fn extend(&mut self, ttl: Duration) -> Result<()> {
+    pub(super) fn extend(&mut self, ttl: Duration) -> Result<()> {
         let ttl = self.manager.check_ttl(ttl)?;
         if self.remaining().is_zero() {
             let _ = self.finish();
@@ -138,7 +138,7 @@ impl Held {
     }
 
     /// Releases on the nodes unless done already (`None`); marks it done.
-    fn finish(&mut self) -> Option<Result<bool>> {
+    pub(super) fn finish(&mut self) -> Option<Result<bool>> {
         if self.done {
             return None;
         }
@@ -170,8 +170,19 @@ impl Held {
         Some(released)
     }
 
-    fn release(mut self) -> Result<bool> {
+    pub(super) fn release(mut self) -> Result<bool> {
         self.finish().unwrap_or(Ok(false))
+    }
+
+    pub(super) fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// The keys it holds: a multi-key lock's, or the primitive's one.
+    pub(super) fn keys(&self) -> impl Iterator<Item = &[u8]> {
+        let multi = matches!(self.shape, Shape::Multi { .. });
+        let one = (!multi).then_some(&self.key[..]);
+        bulks(if multi { &self.key } else { b"" }).chain(one)
     }
 }
 
@@ -256,7 +267,7 @@ macro_rules! guard {
 
             /// How many attempts it took: 1 when it was free at once.
             pub fn attempts(&self) -> u32 {
-                self.0.attempts
+                self.0.attempts()
             }
 
             #[doc = concat!("Renews the ", $what, " for `ttl` from now. Blocks for one round trip. The errors and what they leave of [`remaining`](Self::remaining) are [`Lock::extend`](crate::Lock::extend)'s: `LockLost` is final (it expired, or was reclaimed by others); another error leaves it at most what the new `ttl` gives from this call.")]
@@ -299,13 +310,6 @@ guard!(
     "write lock"
 );
 
-guard!(
-    /// All the keys of a [multi-key lock](crate::LockManager::try_lock_all),
-    /// taken together and released together. Released when dropped.
-    MultiLock,
-    "multi-key lock"
-);
-
 impl Permit {
     /// The semaphore's key.
     pub fn key(&self) -> &[u8] {
@@ -324,13 +328,6 @@ impl WriteLock {
     /// The read-write lock's key.
     pub fn key(&self) -> &[u8] {
         &self.0.key
-    }
-}
-
-impl MultiLock {
-    /// The locked keys, in the order given.
-    pub fn keys(&self) -> impl Iterator<Item = &[u8]> {
-        bulks(&self.0.key)
     }
 }
 

@@ -25,7 +25,8 @@ mod rwlock;
 pub(crate) mod script;
 mod semaphore;
 
-pub use held::{MultiLock, Permit, ReadLock, WriteLock};
+pub use held::{Permit, ReadLock, WriteLock};
+pub use multi::MultiLock;
 pub use rwlock::RwLock;
 pub use semaphore::Semaphore;
 
@@ -100,7 +101,8 @@ fn not_a_lock<T>(manager: &LockManager, key: &[u8], handed: Handed) -> Result<T>
     )))
 }
 
-/// The attempts of any primitive, for [`LockManager::wait_for`].
+/// The attempts of a one-key primitive (a permit, a read or write lock),
+/// for [`LockManager::wait_for`].
 struct Try<'a> {
     manager: &'a LockManager,
     shape: Shape,
@@ -112,8 +114,6 @@ struct Try<'a> {
     /// A waiting writer's one token (it names the writer's turn); else a
     /// fresh token per attempt.
     kept: Option<Token>,
-    /// A multi-key lock: the key the last attempt found held.
-    blocker: Option<u16>,
 }
 
 impl<'a> Try<'a> {
@@ -125,15 +125,6 @@ impl<'a> Try<'a> {
             ttl,
             permits: 0,
             kept: None,
-            blocker: None,
-        }
-    }
-
-    /// The key that places the operation (a multi-key lock's first).
-    fn place(&self) -> &'a [u8] {
-        match self.shape {
-            Shape::Multi { .. } => held::bulks(self.key).next().unwrap_or_default(),
-            _ => self.key,
         }
     }
 }
@@ -161,16 +152,13 @@ impl Attempts for Try<'_> {
                 ttl_ms,
                 waits: self.kept.is_some(),
             },
-            Shape::Multi { count } => Shaped::MultiAcquire {
-                ttl_ms,
-                keys: self.key,
-                count,
-            },
+            // A multi-key lock makes its own attempts (`multi.rs`).
+            Shape::Multi { .. } => return Err(Error::invalid("not a one-key primitive")),
         };
         let acquired =
             self.manager
                 .route()
-                .acquire_op(Op::Shaped(op), self.place(), &token, self.ttl)?;
+                .acquire_op(Op::Shaped(op), self.key, &token, self.ttl)?;
         match acquired {
             Acquired::Granted { valid_until, .. } => Ok(Ok(Held::new(
                 self.manager,
@@ -181,20 +169,12 @@ impl Attempts for Try<'_> {
                 valid_until,
                 attempt,
             ))),
-            Acquired::Held { retry_in, blocker } => {
-                self.blocker = blocker.or(self.blocker);
-                Ok(Err(retry_in))
-            }
+            Acquired::Held { retry_in, .. } => Ok(Err(retry_in)),
         }
     }
 
     fn wake_key(&self) -> &[u8] {
-        match self.shape {
-            Shape::Multi { .. } => held::bulks(self.key)
-                .nth(usize::from(self.blocker.unwrap_or(0)))
-                .unwrap_or_else(|| self.place()),
-            _ => self.key,
-        }
+        self.key
     }
 
     fn wants(&self) -> Wants {
