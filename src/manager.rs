@@ -132,6 +132,12 @@ pub(crate) trait Attempts {
         policy_cap
     }
 
+    /// The longest nap between attempts of any kind (a backoff after
+    /// failures too), when the attempts keep a place that lapses.
+    fn max_nap(&self) -> Option<Duration> {
+        None
+    }
+
     /// A lock another thread of the manager handed over on the wake key.
     /// Only locks are handed over; anything else releases it and fails.
     fn handed(&mut self, handed: Handed, attempts: u32) -> Result<Self::Got>;
@@ -168,16 +174,20 @@ impl Attempts for LockAttempts<'_> {
         Wants {
             all: false,
             handoff: true,
+            each_release: false,
         }
     }
 
     fn cap(&self, policy_cap: Duration) -> Duration {
-        if self.fair_token.is_some() {
-            // Often enough to renew the place in the queue.
-            policy_cap.min(Duration::from_millis(FAIR_LEASE_MS / 5))
-        } else {
-            policy_cap
-        }
+        self.max_nap()
+            .map_or(policy_cap, |most| policy_cap.min(most))
+    }
+
+    fn max_nap(&self) -> Option<Duration> {
+        // Often enough to renew the place in the queue.
+        self.fair_token
+            .is_some()
+            .then(|| Duration::from_millis(FAIR_LEASE_MS / 5))
     }
 
     fn handed(&mut self, handed: Handed, attempts: u32) -> Result<Lock> {
@@ -461,6 +471,17 @@ impl LockManager {
             if deadline.is_some_and(|d| now >= d) {
                 break stop(Waited::TimedOut { attempts });
             }
+            // A multi-key lock blocked by another key than the one it
+            // listens to: it listens to that one instead (registered anew,
+            // then an attempt at once, as for a first registration). Only
+            // waiters that take no handoff, so none can be under way.
+            if let Some(w) = &waiter
+                && wake
+                && !attempts_.wants().handoff
+                && !w.is_for(attempts_.wake_key())
+            {
+                waiter = None;
+            }
             if wake && waiter.is_none() {
                 let listen_until = time::deadline(now, self.shared.io_timeout);
                 let listen_until = deadline.map_or(listen_until, |d| d.min(listen_until));
@@ -474,6 +495,9 @@ impl LockManager {
                 (true, None) => cap,
                 (false, _) => delays.next().unwrap_or(cap),
             };
+            // Some waits must attempt that often whatever the policy (a
+            // place to renew: fair mode's queue, a writer's turn).
+            let nap = attempts_.max_nap().map_or(nap, |most| nap.min(most));
             let until = time::deadline(now, nap);
             let until = deadline.map_or(until, |d| d.min(until));
             match &waiter {

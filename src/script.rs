@@ -108,12 +108,18 @@ pub(crate) const ACQUIRE_OR_PTTL: &str = r#"local ok = redis.call("set", KEYS[1]
 ///
 /// Waiters whose lease ran out (dead, or gone without a word) are dropped
 /// first; then the lock goes to the head of the queue, or to anyone when the
-/// queue is empty. A waiter that did not get it joins the queue (once) and
+/// queue is empty. Finding its own token (an earlier attempt of the same
+/// wait was granted but its reply lost), it renews the key for this
+/// attempt's TTL, from which the grant is measured. A waiter that did not
+/// get it joins the queue (once) and
 /// renews its lease; the queue's keys expire by themselves when no one
 /// renews them. Replies `+OK` when granted (or already ours: a waiter keeps
 /// one token), else the lock's PTTL, or -3 when it is free but the head's
 /// turn.
-pub(crate) const FAIR_ACQUIRE: &str = r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end
+pub(crate) const FAIR_ACQUIRE: &str = r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then
+  redis.call("pexpire", KEYS[1], ARGV[2])
+  return redis.status_reply("OK")
+end
 local t = redis.call("time")
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 for _, w in ipairs(redis.call("zrangebyscore", KEYS[3], "-inf", now)) do
@@ -401,7 +407,7 @@ impl<'a> Op<'a> {
     #[inline]
     pub(crate) fn undo(self) -> Op<'a> {
         match self {
-            Op::Shaped(shaped) => Op::Shaped(shaped.undo()),
+            Op::Shaped(shaped) => shaped.undo(),
             _ => Op::Release,
         }
     }

@@ -92,6 +92,8 @@ struct Slot {
     /// Every waiter is woken by a release (a read-write lock's: readers can
     /// all win at once); never handed over.
     all: bool,
+    /// Each release wakes one more waiter (see [`Wants::each_release`]).
+    each: bool,
 }
 
 struct Waiter {
@@ -118,6 +120,10 @@ pub(crate) struct Wants {
     pub(crate) all: bool,
     /// A release may hand the lock over directly (plain locks).
     pub(crate) handoff: bool,
+    /// Each release wakes one more waiter, even while one woken before has
+    /// not tried yet (a semaphore: each release frees a permit). Set by
+    /// any waiter, it holds for the key.
+    pub(crate) each_release: bool,
 }
 
 /// A waiter chosen for a handoff.
@@ -165,7 +171,7 @@ impl Slot {
             self.wake_in_flight = !self.queue.is_empty();
             return;
         }
-        if self.wake_in_flight {
+        if self.wake_in_flight && !self.each {
             return;
         }
         if let Some(w) = self.queue.iter_mut().find(|w| !w.woken) {
@@ -219,6 +225,7 @@ impl Waiters {
         if let Some(slot) = table.iter().position(|s| s.in_use && s.key[..] == *key) {
             table[slot].queue.push(waiter);
             table[slot].all |= all;
+            table[slot].each |= wants.each_release;
             return Registered { slot, id };
         }
         let slot = match table.iter().position(|s| !s.in_use) {
@@ -233,6 +240,7 @@ impl Waiters {
                     released_here: None,
                     streak: 0,
                     all: false,
+                    each: false,
                 });
                 table.len() - 1
             }
@@ -247,6 +255,7 @@ impl Waiters {
         s.released_here = None;
         s.streak = 0;
         s.all = all;
+        s.each = wants.each_release;
         first(key);
         Registered { slot, id }
     }
@@ -337,6 +346,11 @@ impl Waiters {
             slot.streak = 0;
         }
         true
+    }
+
+    /// Whether the waiter waits for `key`.
+    pub(crate) fn is_for(&self, r: &Registered, key: &[u8]) -> bool {
+        self.table.lock()[r.slot].key[..] == *key
     }
 
     /// Takes the lock handed to this waiter, if any.
@@ -589,6 +603,11 @@ impl Registration<'_> {
         self.wakeups.waiters.wait(&self.place, until)
     }
 
+    /// Whether it waits for `key`.
+    pub(crate) fn is_for(&self, key: &[u8]) -> bool {
+        self.wakeups.waiters.is_for(&self.place, key)
+    }
+
     /// The lock handed to this waiter, if any.
     pub(crate) fn take_handed(&self) -> Option<Handed> {
         self.wakeups.waiters.take_handed(&self.place)
@@ -627,6 +646,7 @@ mod tests {
     const LOCK: Wants = Wants {
         all: false,
         handoff: true,
+        each_release: false,
     };
 
     fn soon() -> Instant {
@@ -730,6 +750,7 @@ mod tests {
         let rw = Wants {
             all: true,
             handoff: false,
+            each_release: false,
         };
         let a = waiters.register(b"rw", Duration::from_secs(1), rw, |_| {});
         let b = waiters.register(b"rw", Duration::from_secs(1), LOCK, |_| {});
@@ -751,6 +772,7 @@ mod tests {
         let set = Wants {
             all: false,
             handoff: false,
+            each_release: false,
         };
         let a = waiters.register(b"k", Duration::from_secs(1), set, |_| {});
         assert!(waiters.claim(b"k").is_none());

@@ -275,7 +275,8 @@ fn a_waiting_writer_keeps_new_readers_out() {
         let (_, ok) = writer.join().expect("writer");
         (released.elapsed(), ok)
     });
-    // Woken by the release, not by a poll.
+    // In right after the last reader left (a liveness bound: its attempts
+    // also renew its turn every 125 ms).
     assert!(got.1);
     assert!(
         got.0 < Duration::from_millis(500),
@@ -287,6 +288,191 @@ fn a_waiting_writer_keeps_new_readers_out() {
         "the turn outlived the write"
     );
     assert!(rw.try_read(TTL).expect("try").is_some());
+}
+
+/// A policy that never polls: a waiter that is not woken sleeps 10 s.
+fn woken_only() -> RetryPolicy {
+    patient().wake_cap(Duration::from_secs(10))
+}
+
+/// A waiting writer keeps one token for its wait; an earlier attempt's
+/// grant whose reply was lost leaves the key holding it, with what is left
+/// of that attempt's TTL. The attempt that finds it must renew it for its
+/// own TTL, from which its validity is measured.
+#[test]
+fn a_writer_granted_on_its_own_token_holds_for_its_ttl() {
+    let server = RedisServer::start();
+    let locks = manager(std::slice::from_ref(&server));
+    let rw = locks.rwlock("own").expect("rwlock");
+    let reader = rw.try_read(TTL).expect("try").expect("free");
+    let ttl = Duration::from_secs(10);
+    let write = thread::scope(|s| {
+        let writer = s.spawn(|| rw.write(ttl).expect("write"));
+        support::eventually(Duration::from_secs(2), "the writer's turn", || {
+            exists(&server, "{own}:redlease:turn")
+        });
+        let token = server
+            .get(b"{own}:redlease:turn")
+            .expect("the waiting writer's token");
+        // As if an attempt of this writer had been granted (the reader
+        // gone) and its reply lost: the key holds its token, 1 s left.
+        let planted: i64 = redis::cmd("EVAL")
+            .arg(r#"redis.call("del", KEYS[1]) redis.call("set", KEYS[2], ARGV[1], "PX", 1000) return 1"#)
+            .arg(2)
+            .arg("{own}:redlease:readers")
+            .arg("own")
+            .arg(&token)
+            .query(&mut server.client())
+            .expect("plant");
+        assert_eq!(planted, 1);
+        writer.join().expect("writer")
+    });
+    let pttl = Duration::from_millis(server.pttl(b"own").max(0) as u64);
+    assert!(
+        write.remaining() <= pttl + Duration::from_millis(5),
+        "the writer counts on {:?}, the server keeps its key {pttl:?}",
+        write.remaining()
+    );
+    assert!(pttl > Duration::from_secs(9), "{pttl:?}");
+    assert!(
+        !reader.release().expect("release"),
+        "the reader was removed"
+    );
+    assert!(write.release().expect("release"));
+}
+
+/// Readers kept out only by a waiting writer's turn are woken when the
+/// writer gives up, not when the turn would have lapsed.
+#[test]
+fn readers_are_woken_when_a_writer_gives_up() {
+    let server = RedisServer::start();
+    let locks = manager(std::slice::from_ref(&server));
+    let rw = locks.rwlock("giveup").expect("rwlock");
+    let first = rw.try_read(TTL).expect("try").expect("free");
+    let latency = thread::scope(|s| {
+        let writer = s.spawn(|| {
+            let gave_up = rw
+                .try_write_for(TTL, Duration::from_millis(700))
+                .expect("try_write_for");
+            assert!(gave_up.is_none());
+            Instant::now()
+        });
+        support::eventually(Duration::from_secs(2), "the writer's turn", || {
+            exists(&server, "{giveup}:redlease:turn")
+        });
+        let reader = s.spawn(|| {
+            let read = rw.read_with(TTL, &woken_only()).expect("read");
+            (Instant::now(), read)
+        });
+        let gave_up_at = writer.join().expect("writer");
+        let (got_at, read) = reader.join().expect("reader");
+        drop(read);
+        got_at.saturating_duration_since(gave_up_at)
+    });
+    println!("reader in {latency:?} after the writer gave up");
+    assert!(latency < Duration::from_millis(100), "{latency:?}");
+    drop(first);
+}
+
+/// Permits freed together go to as many waiters at once: each release
+/// wakes one more waiter, even before the one woken for the last has
+/// tried. The holders are another process's (the waiters hear the
+/// server's messages, all at once).
+#[test]
+fn several_released_permits_wake_several_waiters() {
+    let server = RedisServer::start();
+    let holders = manager(std::slice::from_ref(&server));
+    let waiters = manager(std::slice::from_ref(&server));
+    let long = Duration::from_secs(30);
+    let held: Vec<_> = (0..3)
+        .map(|_| {
+            holders
+                .semaphore("burst", 3)
+                .expect("semaphore")
+                .try_acquire(long)
+                .expect("try")
+                .expect("free")
+        })
+        .collect();
+    let sem = waiters.semaphore("burst", 3).expect("semaphore");
+    let latencies = thread::scope(|s| {
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                s.spawn(|| {
+                    let permit = sem.acquire_with(long, &woken_only()).expect("acquire");
+                    (Instant::now(), permit)
+                })
+            })
+            .collect();
+        thread::sleep(Duration::from_millis(300));
+        let released = Instant::now();
+        // The three holders release at the same moment: one script does
+        // what their three releases would (the messages arrive together).
+        let freed: i64 = redis::cmd("EVAL")
+            .arg(
+                r#"local m = redis.call("zrange", KEYS[1], 0, -1)
+redis.call("del", KEYS[1])
+for _, t in ipairs(m) do redis.call("publish", "redlease:wake:" .. KEYS[1], string.sub(t, 1, 8)) end
+return #m"#,
+            )
+            .arg(1)
+            .arg("burst")
+            .query(&mut server.client())
+            .expect("release all three");
+        assert_eq!(freed, 3);
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .expect("waiter")
+                    .0
+                    .saturating_duration_since(released)
+            })
+            .collect::<Vec<_>>()
+    });
+    println!("waiters in after {latencies:?}");
+    drop(held);
+    assert!(
+        latencies.iter().all(|l| *l < Duration::from_secs(1)),
+        "{latencies:?}"
+    );
+}
+
+/// A multi-key waiter listens for the key in its way: when the first
+/// blocking key is released and another still blocks, it listens for that
+/// one, and is woken by its release.
+#[test]
+fn a_set_waiter_follows_the_key_in_its_way() {
+    let server = RedisServer::start();
+    let holders = manager(std::slice::from_ref(&server));
+    let locks = manager(std::slice::from_ref(&server));
+    let long = Duration::from_secs(30);
+    let a = holders
+        .try_lock("follow:a", long)
+        .expect("try")
+        .expect("free");
+    let b = holders
+        .try_lock("follow:b", long)
+        .expect("try")
+        .expect("free");
+    let latency = thread::scope(|s| {
+        let waiter = s.spawn(|| {
+            let set = locks
+                .lock_all_with(&["follow:a", "follow:b"], long, &woken_only())
+                .expect("lock_all");
+            (Instant::now(), set)
+        });
+        thread::sleep(Duration::from_millis(300));
+        assert!(a.release().expect("release"));
+        thread::sleep(Duration::from_millis(300));
+        let released = Instant::now();
+        assert!(b.release().expect("release"));
+        let (got_at, set) = waiter.join().expect("waiter");
+        drop(set);
+        got_at.saturating_duration_since(released)
+    });
+    println!("set in {latency:?} after its last blocker left");
+    assert!(latency < Duration::from_secs(1), "{latency:?}");
 }
 
 /// A writer that gave up waiting gives its turn back at once; one that

@@ -19,6 +19,7 @@ mod cluster;
 mod common;
 mod contended;
 mod keepalive;
+mod primitives;
 #[cfg(feature = "metrics")]
 mod recorder;
 #[path = "../../tests/support/mod.rs"]
@@ -357,6 +358,7 @@ fn report(s: &Settings) {
     );
     transports::report(s);
     cluster::report(s);
+    primitives::report(s, &servers[0]);
     contended::report(&urls, s.throughput_time);
     keepalive::report(&urls, &pids, s.quick);
     #[cfg(feature = "metrics")]
@@ -524,6 +526,17 @@ const CA_ENV: &str = "REDLEASE_BENCH_CA";
 
 /// Child mode: run one contestant's loop so callgrind can count it.
 fn run_only(who: &str, target: &str, cycles: usize) {
+    if primitives::is_shape(who) {
+        let locks = LockManager::builder()
+            .restart_quarantine(false)
+            .node(target)
+            .build()
+            .expect("build");
+        let mut cycle = primitives::cycle(who, &locks);
+        cycle();
+        measured_loop(cycles, cycle);
+        return;
+    }
     if who == "ours-url" || who == "ours-cluster" {
         let builder = LockManager::builder().restart_quarantine(false);
         let mut builder = if who == "ours-cluster" {

@@ -192,7 +192,7 @@ pub fn roundtrip(data: &[u8]) {
             ttl_ms,
             waits: enqueue,
         }),
-        16 => Op::Shaped(Shaped::WriteRelease),
+        16 => Op::Shaped(Shaped::TurnLeave),
         17 => Op::Shaped(Shaped::MultiAcquire {
             ttl_ms,
             keys: &multi_keys,
@@ -234,7 +234,7 @@ pub fn roundtrip(data: &[u8]) {
                 Shaped::MemberRelease { .. } => &p.member_release,
                 Shaped::ReadAcquire { .. } => &p.read_acquire,
                 Shaped::WriteAcquire { .. } => &p.write_acquire,
-                Shaped::WriteRelease => &p.write_release,
+                Shaped::TurnLeave => &p.turn_leave,
                 Shaped::MultiAcquire { .. } => &p.multi_acquire,
                 Shaped::MultiExtend { .. } => &p.multi_extend,
                 Shaped::MultiRelease { .. } => &p.multi_release,
@@ -298,7 +298,7 @@ pub fn roundtrip(data: &[u8]) {
                 &turn_ms,
                 if waits { b"1" } else { b"0" },
             ],
-            Shaped::WriteRelease => vec![verb, first, b"2", key, &turn, t],
+            Shaped::TurnLeave => vec![verb, first, b"1", &turn, t, key],
             Shaped::MultiAcquire { .. } | Shaped::MultiExtend { .. } => {
                 vec![verb, first, b"2", left, right, t, &ttl_text]
             }

@@ -10,6 +10,7 @@ use super::script::Shaped;
 use crate::error::{Error, Result};
 use crate::manager::LockManager;
 use crate::quorum::{ExtendFailed, millis};
+use crate::route::needs_one_by_one;
 use crate::script::Op;
 use crate::token::Token;
 
@@ -106,10 +107,15 @@ impl Held {
                 count,
             }),
         };
-        let extended = self
+        let mut extended = self
             .manager
             .route()
             .extend_op(op, self.place(), &self.token, ttl);
+        if let (Err(failed), Shape::Multi { .. }) = (&extended, self.shape)
+            && needs_one_by_one(&failed.error)
+        {
+            extended = self.extend_each(ttl);
+        }
         // The rules of `Lock::extend`: lost is final; an undecided renewal
         // leaves at most what the new TTL gives.
         match extended {
@@ -137,25 +143,113 @@ impl Held {
         }
     }
 
+    /// A multi-key lock's renewal key by key: in a cluster, while its slot
+    /// is being migrated (the set's script is refused with `TRYAGAIN` when
+    /// some of its keys have moved), each key follows its own redirection.
+    /// Renewed when every key was; lost when one was; else undecided, at
+    /// most what the new TTL gives.
+    fn extend_each(&self, ttl: Duration) -> std::result::Result<Instant, ExtendFailed> {
+        let route = self.manager.route();
+        let mut valid_until: Option<Instant> = None;
+        let mut first_error = None;
+        let mut at_most: Option<Instant> = None;
+        for key in bulks(&self.key) {
+            match route.extend(key, &self.token, ttl) {
+                Ok(until) => valid_until = Some(valid_until.map_or(until, |v| v.min(until))),
+                Err(ExtendFailed {
+                    error: Error::LockLost,
+                    ..
+                }) => {
+                    // The set is lost: what is left of it goes.
+                    let _ = self.release_each();
+                    return Err(ExtendFailed {
+                        error: Error::LockLost,
+                        valid_until_at_most: None,
+                    });
+                }
+                Err(ExtendFailed {
+                    error,
+                    valid_until_at_most,
+                }) => {
+                    first_error.get_or_insert(error);
+                    if let Some(m) = valid_until_at_most {
+                        at_most = Some(at_most.map_or(m, |a| a.min(m)));
+                    }
+                }
+            }
+        }
+        match (first_error, valid_until) {
+            (None, Some(until)) => Ok(until),
+            (Some(error), renewed) => Err(ExtendFailed {
+                error,
+                // A key renewed holds the new TTL now, one not renewed its
+                // old one (or the new, if it arrived): the least of them.
+                valid_until_at_most: match (at_most, renewed) {
+                    (Some(a), Some(r)) => Some(a.min(r)),
+                    (a, r) => a.or(r),
+                },
+            }),
+            (None, None) => Err(ExtendFailed {
+                error: Error::LockLost,
+                valid_until_at_most: None,
+            }),
+        }
+    }
+
+    /// A multi-key lock's release key by key (see [`extend_each`]).
+    ///
+    /// [`extend_each`]: Self::extend_each
+    fn release_each(&self) -> Result<bool> {
+        let route = self.manager.route();
+        let mut outcome = Ok(true);
+        for key in bulks(&self.key) {
+            match route.release(key, &self.token) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if matches!(outcome, Ok(true)) {
+                        outcome = Ok(false);
+                    }
+                }
+                Err(e) => {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                }
+            }
+        }
+        outcome
+    }
+
+    /// The operation that releases it.
+    fn release_op(&self) -> Op<'_> {
+        let op = match self.shape {
+            Shape::Permit => Shaped::MemberRelease { readers: false },
+            Shape::Read => Shaped::MemberRelease { readers: true },
+            // A write lock's key holds our token: a lock's release.
+            Shape::Write => return Op::Release,
+            Shape::Multi { count } => Shaped::MultiRelease {
+                keys: &self.key,
+                count,
+            },
+        };
+        Op::Shaped(op)
+    }
+
     /// Releases on the nodes unless done already (`None`); marks it done.
     pub(super) fn finish(&mut self) -> Option<Result<bool>> {
         if self.done {
             return None;
         }
         self.done = true;
-        let op = match self.shape {
-            Shape::Permit => Shaped::MemberRelease { readers: false },
-            Shape::Read => Shaped::MemberRelease { readers: true },
-            Shape::Write => Shaped::WriteRelease,
-            Shape::Multi { count } => Shaped::MultiRelease {
-                keys: &self.key,
-                count,
-            },
-        };
-        let released = self
-            .manager
-            .route()
-            .release_op(Op::Shaped(op), self.place(), &self.token);
+        let mut released =
+            self.manager
+                .route()
+                .release_op(self.release_op(), self.place(), &self.token);
+        if let (Err(e), Shape::Multi { .. }) = (&released, self.shape)
+            && needs_one_by_one(e)
+        {
+            released = self.release_each();
+        }
         if let Ok(true) = released {
             // This manager's waiters need no message from the server.
             match self.shape {

@@ -185,16 +185,22 @@ impl Attempts for Try<'_> {
             // A plain lock handed over is not a permit, a read or write
             // lock, nor a whole set.
             handoff: false,
+            // Each permit released can go to another waiter, even before
+            // the one woken for the last has tried.
+            each_release: self.shape == Shape::Permit,
         }
     }
 
     fn cap(&self, policy_cap: Duration) -> Duration {
-        if self.kept.is_some() {
-            // Often enough to keep the writer's turn.
-            policy_cap.min(Duration::from_millis(script::TURN_MS / 4))
-        } else {
-            policy_cap
-        }
+        self.max_nap()
+            .map_or(policy_cap, |most| policy_cap.min(most))
+    }
+
+    fn max_nap(&self) -> Option<Duration> {
+        // Often enough to keep the writer's turn.
+        self.kept
+            .is_some()
+            .then(|| Duration::from_millis(script::TURN_MS / 4))
     }
 
     fn handed(&mut self, handed: Handed, _attempts: u32) -> Result<Held> {

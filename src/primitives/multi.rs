@@ -6,7 +6,7 @@
 //! the sets and their order.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smallvec::SmallVec;
 
@@ -18,6 +18,7 @@ use crate::manager::{Attempts, LockManager};
 use crate::quorum::{Acquired, millis};
 use crate::retry::RetryPolicy;
 use crate::script::Op;
+use crate::token::Token;
 use crate::wait::{Handed, Wants};
 
 /// The keys of one slot group as the scripts take them: each a RESP bulk
@@ -44,7 +45,7 @@ impl LockManager {
     /// again if a later slot's keys are held (one round trip per slot).
     ///
     /// ```no_run
-    /// use std::time::Duration;
+    /// use std::time::{Duration, Instant};
     /// # let locks = redlease::LockManager::builder().node("redis://127.0.0.1:6379").build()?;
     /// // A transfer between two accounts, whichever order others name them in.
     /// if let Some(both) = locks.try_lock_all(&["account:7", "account:3"], Duration::from_secs(5))? {
@@ -152,6 +153,10 @@ struct SetAttempts<'a> {
     ttl: Duration,
     /// The group, and the key in it, that the last attempt found held.
     blocker: (usize, usize),
+    /// One token for the whole wait: keys an earlier attempt failed to
+    /// release again (a later slot group was held) are the set's own, not
+    /// in its way.
+    token: Option<Token>,
 }
 
 impl<'a> SetAttempts<'a> {
@@ -161,6 +166,7 @@ impl<'a> SetAttempts<'a> {
             groups,
             ttl,
             blocker: (0, 0),
+            token: None,
         }
     }
 }
@@ -173,7 +179,11 @@ impl Attempts for SetAttempts<'_> {
         attempt: u32,
         _registered: bool,
     ) -> Result<Result<MultiLock, Option<Duration>>> {
-        let token = token()?;
+        let token = match self.token {
+            Some(token) => token,
+            None => *self.token.insert(token()?),
+        };
+        let started = Instant::now();
         let ttl_ms = millis(self.ttl);
         // Groups taken so far; dropped (released) if a later one fails.
         let mut parts: SmallVec<[Held; 1]> = SmallVec::new();
@@ -204,7 +214,17 @@ impl Attempts for SetAttempts<'_> {
                 }
             }
         }
-        Ok(Ok(MultiLock { parts }))
+        let set = MultiLock { parts };
+        // Each group's validity was checked as it was taken; the first may
+        // have run out while the others were (across slots).
+        if set.parts.len() > 1 && set.is_lost() {
+            let _ = set.release();
+            return Err(Error::ValidityExpired {
+                elapsed: started.elapsed(),
+                ttl: self.ttl,
+            });
+        }
+        Ok(Ok(set))
     }
 
     fn wake_key(&self) -> &[u8] {
@@ -221,6 +241,7 @@ impl Attempts for SetAttempts<'_> {
         Wants {
             all: false,
             handoff: false,
+            each_release: false,
         }
     }
 

@@ -154,7 +154,7 @@ impl RwLock {
             let _ =
                 self.manager
                     .route()
-                    .release_op(Op::Shaped(Shaped::WriteRelease), &self.key, &kept);
+                    .release_op(Op::Shaped(Shaped::TurnLeave), &self.key, &kept);
         }
         result
     }

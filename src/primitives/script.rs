@@ -20,7 +20,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::error::Failure;
 use crate::resp::{self, Reply};
-use crate::script::{Form, SCRIPTS, Script, Vote, put_companion};
+use crate::script::{Form, Op, SCRIPTS, Script, Vote, put_companion};
 use crate::token::Token;
 
 /// Server time in milliseconds, as a Lua prelude.
@@ -120,11 +120,18 @@ redis.call("zadd", KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
 /// when the writer waits (it takes the turn, if no other writer has it, so
 /// that no new reader gets in). Grants when no writer and no reader holds
 /// it and the turn is free or ours; takes the lock as a plain string key
-/// with a TTL (so the writer's extend is a lock's). Replies `+OK`, or how
+/// with a TTL (so the writer's extend and release are a lock's). Finding
+/// its own token (a waiting writer keeps one for its whole wait: an
+/// earlier attempt's grant whose reply was lost), it renews the key for
+/// this attempt's TTL: the grant is measured from this attempt, so the key
+/// must live that long from now. Replies `+OK`, or how
 /// long until trying again is worth it (the writer's key's PTTL, the first
 /// reader's expiry, or another writer's turn's PTTL), or -1 when unknown.
 pub(crate) const WRITE_ACQUIRE: &str = concat!(
-    r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then return redis.status_reply("OK") end
+    r#"if redis.pcall("get", KEYS[1]) == ARGV[1] then
+  redis.call("pexpire", KEYS[1], ARGV[2])
+  return redis.status_reply("OK")
+end
 "#,
     now_ms!(),
     r#"redis.call("zremrangebyscore", KEYS[2], "-inf", now)
@@ -144,17 +151,15 @@ if first then return tonumber(first) - now end
 return -1"#
 );
 
-/// Releases a write lock, or gives up a waiting writer's turn. KEYS: the
-/// lock, the writers' turn. ARGV: token. Deletes the lock if it holds our
-/// token (and tells waiters), and the turn if it is ours. Replies 1 when
-/// the lock was ours, else 0.
-pub(crate) const WRITE_RELEASE: &str = r#"if redis.pcall("get", KEYS[2]) == ARGV[1] then redis.call("del", KEYS[2]) end
-if redis.pcall("get", KEYS[1]) == ARGV[1] then
-  redis.call("del", KEYS[1])
-  redis.pcall("publish", "redlease:wake:" .. KEYS[1], string.sub(ARGV[1], 1, 8))
-  return 1
-end
-return 0"#;
+/// A waiting writer gives up its turn. KEYS: the writers' turn. ARGV:
+/// token, the lock's key (its wake channel's name). Deletes the turn if it
+/// is ours, and tells waiters (readers kept out by it may go). Replies 1
+/// when the turn was ours, else 0. (A writer that holds the lock has no
+/// turn: its grant deleted it. Its release is a lock's.)
+pub(crate) const TURN_LEAVE: &str = r#"if redis.pcall("get", KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call("del", KEYS[1])
+redis.pcall("publish", "redlease:wake:" .. ARGV[2], string.sub(ARGV[1], 1, 8))
+return 1"#;
 
 /// Multi-key lock: all of KEYS, or none. ARGV: token, ttl ms. Grants when
 /// every key is free or already holds our token (sent again), setting them
@@ -208,7 +213,7 @@ pub(crate) struct Scripts {
     pub(crate) member_release: Script,
     pub(crate) read_acquire: Script,
     pub(crate) write_acquire: Script,
-    pub(crate) write_release: Script,
+    pub(crate) turn_leave: Script,
     pub(crate) multi_acquire: Script,
     pub(crate) multi_extend: Script,
     pub(crate) multi_release: Script,
@@ -227,8 +232,8 @@ impl Scripts {
             read_acquire: Script::new(READ_ACQUIRE, 3, 8),
             // EVALSHA sha 3 key readers turn token ttl turn-ms waits
             write_acquire: Script::new(WRITE_ACQUIRE, 3, 10),
-            // EVALSHA sha 2 key turn token
-            write_release: Script::new(WRITE_RELEASE, 2, 6),
+            // EVALSHA sha 1 turn token key
+            turn_leave: Script::new(TURN_LEAVE, 1, 6),
             // The counts vary with the keys: see `encode_multi`.
             multi_acquire: Script::new(MULTI_ACQUIRE, 0, 3),
             multi_extend: Script::new(MULTI_EXTEND, 0, 3),
@@ -243,7 +248,7 @@ impl Scripts {
             &self.member_release,
             &self.read_acquire,
             &self.write_acquire,
-            &self.write_release,
+            &self.turn_leave,
             &self.multi_acquire,
             &self.multi_extend,
             &self.multi_release,
@@ -277,8 +282,8 @@ pub(crate) enum Shaped<'a> {
         ttl_ms: u64,
         waits: bool,
     },
-    /// Releases a write lock, and the turn if ours.
-    WriteRelease,
+    /// A waiting writer gives up its turn.
+    TurnLeave,
     /// `keys`: `count` keys, each a RESP bulk string.
     MultiAcquire {
         ttl_ms: u64,
@@ -310,19 +315,21 @@ impl<'a> Shaped<'a> {
     }
 
     /// What undoes it: the release that cleans up after an acquisition or
-    /// renewal that failed (or found the holder lost).
-    pub(crate) fn undo(self) -> Shaped<'a> {
-        match self {
+    /// renewal that failed (or found the holder lost). A write lock's is a
+    /// plain lock's release (its key holds our token).
+    pub(crate) fn undo(self) -> Op<'a> {
+        Op::Shaped(match self {
+            Shaped::WriteAcquire { .. } => return Op::Release,
             Shaped::SemAcquire { .. } => Shaped::MemberRelease { readers: false },
             Shaped::MemberExtend { readers, .. } | Shaped::MemberRelease { readers } => {
                 Shaped::MemberRelease { readers }
             }
             Shaped::ReadAcquire { .. } => Shaped::MemberRelease { readers: true },
-            Shaped::WriteAcquire { .. } | Shaped::WriteRelease => Shaped::WriteRelease,
+            Shaped::TurnLeave => Shaped::TurnLeave,
             Shaped::MultiAcquire { keys, count, .. }
             | Shaped::MultiExtend { keys, count, .. }
             | Shaped::MultiRelease { keys, count } => Shaped::MultiRelease { keys, count },
-        }
+        })
     }
 
     /// Appends the command to `buf`.
@@ -364,11 +371,11 @@ impl<'a> Shaped<'a> {
                 resp::put_bulk(buf, itoa::Buffer::new().format(TURN_MS).as_bytes());
                 resp::put_bulk(buf, if waits { b"1" } else { b"0" });
             }
-            Shaped::WriteRelease => {
-                buf.extend_from_slice(scripts.write_release.head(form));
-                resp::put_bulk(buf, key);
+            Shaped::TurnLeave => {
+                buf.extend_from_slice(scripts.turn_leave.head(form));
                 put_companion(buf, key, TURN_SUFFIX);
                 resp::put_bulk(buf, t);
+                resp::put_bulk(buf, key);
             }
             Shaped::MultiAcquire {
                 ttl_ms,
@@ -428,7 +435,7 @@ impl<'a> Shaped<'a> {
             (
                 Shaped::MemberExtend { .. }
                 | Shaped::MemberRelease { .. }
-                | Shaped::WriteRelease
+                | Shaped::TurnLeave
                 | Shaped::MultiExtend { .. }
                 | Shaped::MultiRelease { .. },
                 Reply::Integer(n @ (0 | 1)),
