@@ -8,9 +8,14 @@
 //!   another writer; no key of a multi-key lock with two holders;
 //! - only retryable errors escape (or `LockLost` from a renewal);
 //! - once the faults stop, every primitive can be taken again (nothing
-//!   leaked, no turn or permit stuck).
+//!   leaked, no turn or permit stuck);
 //!
-//! `REDLEASE_PRIMITIVES_SECS` sets the randomized run's length (default 6,
+//! and the validity invariant (`remaining()` never above what a majority of
+//! the servers still holds) after every step of random acquisitions,
+//! renewals and releases under random faults, on 1 node and over a 3-node
+//! quorum.
+//!
+//! `REDLEASE_PRIMITIVES_SECS` sets the randomized runs' length (default 6,
 //! as in CI); `REDLEASE_PRIMITIVES_SEED` replays one.
 
 mod support;
@@ -48,8 +53,9 @@ fn killed_holders_permits_are_reclaimed_at_their_ttl() {
                 .expect("spawn a holder")
         })
         .collect();
-    // Each child says when it holds its permit.
-    let mut held_at = Instant::now();
+    // Each child says when it holds its permit; the first permit held is
+    // the first that may come back.
+    let mut held_at = Vec::new();
     for child in &mut children {
         let mut out = BufReader::new(child.stdout.take().expect("stdout"));
         let mut line = String::new();
@@ -60,8 +66,10 @@ fn killed_holders_permits_are_reclaimed_at_their_ttl() {
                 "a child ended early"
             );
         }
-        held_at = Instant::now();
+        held_at.push(Instant::now());
     }
+    let first_held = *held_at.iter().min().expect("children");
+    let last_held = *held_at.iter().max().expect("children");
     let locks = support::manager([server.url()]);
     let sem = locks.semaphore("killed", 3).expect("semaphore");
     let mine = sem
@@ -78,18 +86,24 @@ fn killed_holders_permits_are_reclaimed_at_their_ttl() {
     }
     let killed_at = Instant::now();
     let a = sem.acquire(CHILD_TTL).expect("a dead holder's permit");
-    let first = held_at.elapsed();
+    let first = first_held.elapsed();
     let b = sem
         .acquire(CHILD_TTL)
         .expect("the other dead holder's permit");
     println!(
-        "dead holders' permits back {first:?} after the last HELD, {:?} after the kill",
+        "dead holders' permits back {first:?} after the first HELD, both {:?} after the last, {:?} after the kill",
+        last_held.elapsed(),
         killed_at.elapsed()
     );
-    // Not before the dead holders' TTL (the server's clock; 200 ms for the
-    // HELD line to arrive), nor long after it.
+    // Not before the first dead holder's TTL (the server's clock; 200 ms
+    // for its HELD line to arrive), and the second not long after its own
+    // (woken when the first permit held expires: its attempt learned when).
     assert!(first + Duration::from_millis(200) >= CHILD_TTL, "{first:?}");
-    assert!(held_at.elapsed() < CHILD_TTL * 2, "{:?}", held_at.elapsed());
+    assert!(
+        last_held.elapsed() < CHILD_TTL + Duration::from_millis(500),
+        "{:?}",
+        last_held.elapsed()
+    );
     drop((mine, a, b));
 }
 
@@ -451,4 +465,202 @@ fn judge(sections: &[Section]) {
         0,
         "a set key with two valid holders"
     );
+}
+
+/// How long the servers still hold a guard's place, per server, for a
+/// token whose first 4 digits are `ARGV[1]`: a string key holding it (its
+/// PTTL), or a sorted-set member (its expiry less the server's time); -1
+/// when it holds nothing of ours.
+const HELD_FOR: &str = r#"local t = redis.call("time")
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local kind = redis.call("type", KEYS[1])["ok"]
+if kind == "string" then
+  if string.sub(redis.call("get", KEYS[1]), 1, 4) == ARGV[1] then return redis.call("pttl", KEYS[1]) end
+elseif kind == "zset" then
+  local m = redis.call("zrange", KEYS[1], 0, -1, "WITHSCORES")
+  for i = 1, #m, 2 do
+    if string.sub(m[i], 1, 4) == ARGV[1] then return math.max(0, tonumber(m[i + 1]) - now) end
+  end
+end
+return -1"#;
+
+/// A guard of any primitive, for the validity test.
+enum Guard {
+    Permit(redlease::Permit),
+    Read(redlease::ReadLock),
+    Write(redlease::WriteLock),
+    Set(redlease::MultiLock),
+}
+
+impl Guard {
+    fn remaining(&self) -> Duration {
+        match self {
+            Guard::Permit(g) => g.remaining(),
+            Guard::Read(g) => g.remaining(),
+            Guard::Write(g) => g.remaining(),
+            Guard::Set(g) => g.remaining(),
+        }
+    }
+
+    fn extend(&mut self, ttl: Duration) -> Result<(), Error> {
+        match self {
+            Guard::Permit(g) => g.extend(ttl),
+            Guard::Read(g) => g.extend(ttl),
+            Guard::Write(g) => g.extend(ttl),
+            Guard::Set(g) => g.extend(ttl),
+        }
+    }
+
+    fn release(self) -> Result<bool, Error> {
+        match self {
+            Guard::Permit(g) => g.release(),
+            Guard::Read(g) => g.release(),
+            Guard::Write(g) => g.release(),
+            Guard::Set(g) => g.release(),
+        }
+    }
+
+    /// The token's first 4 digits, from the guard's `Debug`.
+    fn prefix(&self) -> String {
+        let shown = match self {
+            Guard::Permit(g) => format!("{g:?}"),
+            Guard::Read(g) => format!("{g:?}"),
+            Guard::Write(g) => format!("{g:?}"),
+            Guard::Set(g) => format!("{g:?}"),
+        };
+        let at = shown.find("Token(").expect("a token in Debug") + 6;
+        shown[at..at + 4].to_string()
+    }
+
+    /// The keys that hold its place.
+    fn keys(&self) -> Vec<&'static str> {
+        match self {
+            Guard::Permit(_) => vec!["v:sem"],
+            Guard::Read(_) => vec!["{v:rw}:redlease:readers"],
+            Guard::Write(_) => vec!["v:rw"],
+            Guard::Set(_) => vec!["v:a", "v:b", "v:c"],
+        }
+    }
+}
+
+/// The validity invariant for the primitives, as `tests/validity.rs` checks
+/// it for locks: after every step of random acquisitions, renewals and
+/// releases under random proxy faults (delays, lost replies, blackholes,
+/// refusals) on 1 node (every primitive) and 3 (the read-write lock and
+/// the multi-key lock), `remaining()` never exceeds what a majority of the
+/// servers still holds for the guard. `REDLEASE_PRIMITIVES_SECS` /
+/// `REDLEASE_PRIMITIVES_SEED` as for the randomized run.
+#[test]
+fn remaining_never_exceeds_what_a_majority_holds() {
+    let (seed, length) = seeded();
+    let mut rng = fastrand::Rng::with_seed(seed);
+    for n in [1usize, 3] {
+        let servers = RedisServer::start_many(n);
+        let proxies: Vec<FaultProxy> = servers.iter().map(|s| FaultProxy::start(s.port)).collect();
+        let locks = support::manager_with(
+            proxies.iter().map(FaultProxy::url),
+            support::builder()
+                .io_timeout(Duration::from_millis(50))
+                .connect_timeout(Duration::from_millis(200))
+                .pool_size(2),
+        );
+        let sem = (n == 1).then(|| locks.semaphore("v:sem", 2).expect("semaphore"));
+        let rw = locks.rwlock("v:rw").expect("rwlock");
+        let needed = n / 2 + 1;
+        let mut guard: Option<Guard> = None;
+        let (mut steps, mut checked, mut failures) = (0u32, 0u32, 0u32);
+        let deadline = Instant::now() + length / 2;
+        while Instant::now() < deadline {
+            steps += 1;
+            for proxy in &proxies {
+                proxy.set(match rng.u32(0..100) {
+                    0..65 => Mode::Pass,
+                    65..80 => Mode::Delay(Duration::from_millis(rng.u64(1..=20))),
+                    80..90 => Mode::DropReplies,
+                    90..96 => Mode::Blackhole,
+                    _ => Mode::Refuse,
+                });
+            }
+            let ttl = Duration::from_millis(rng.u64(100..=1500));
+            let outcome = match guard.take() {
+                None => {
+                    let got = match rng.u32(0..4) {
+                        0 if sem.is_some() => sem
+                            .as_ref()
+                            .expect("semaphore")
+                            .try_acquire(ttl)
+                            .map(|g| g.map(Guard::Permit)),
+                        0 | 1 => rw.try_read(ttl).map(|g| g.map(Guard::Read)),
+                        2 => rw.try_write(ttl).map(|g| g.map(Guard::Write)),
+                        _ => locks
+                            .try_lock_all(&["v:a", "v:b", "v:c"], ttl)
+                            .map(|g| g.map(Guard::Set)),
+                    };
+                    got.map(|g| guard = g)
+                }
+                Some(mut held) => {
+                    let result = if rng.bool() {
+                        let r = held.extend(ttl);
+                        guard = Some(held);
+                        r
+                    } else {
+                        held.release().map(|_| ())
+                    };
+                    result
+                }
+            };
+            for proxy in &proxies {
+                proxy.set(Mode::Pass);
+            }
+            // Let replies still on their way land, and a node that failed
+            // come back (its reconnect runs in the background).
+            let pause = if outcome.is_err() { 60 } else { 5 };
+            thread::sleep(Duration::from_millis(rng.u64(0..=pause)));
+            if let Err(e) = outcome {
+                failures += 1;
+                assert!(e.is_retryable() || matches!(e, Error::LockLost), "{e:?}");
+            }
+            let Some(held) = &guard else { continue };
+            // Read `remaining()` first: what the servers hold can only be
+            // read afterwards, and it only shrinks meanwhile.
+            let remaining = held.remaining();
+            let started = Instant::now();
+            let prefix = held.prefix();
+            let mut per_server: Vec<i64> = servers
+                .iter()
+                .map(|server| {
+                    held.keys()
+                        .iter()
+                        .map(|key| {
+                            let left: i64 = redis::cmd("EVAL")
+                                .arg(HELD_FOR)
+                                .arg(1)
+                                .arg(*key)
+                                .arg(&prefix)
+                                .query(&mut server.client())
+                                .expect("EVAL");
+                            left
+                        })
+                        .min()
+                        .unwrap_or(-1)
+                })
+                .collect();
+            per_server.sort_unstable_by(|a, b| b.cmp(a));
+            let held_ms = per_server[needed - 1].max(0) as u64;
+            let slack = started.elapsed() + Duration::from_millis(2);
+            assert!(
+                remaining <= Duration::from_millis(held_ms) + slack,
+                "{n} node(s), step {steps}: remaining() is {remaining:?}, a majority holds {held_ms} ms (seed {seed})"
+            );
+            checked += 1;
+            if remaining.is_zero() {
+                let _ = guard.take().map(Guard::release);
+            }
+        }
+        println!("{n} node(s): {steps} steps, {checked} checked, {failures} failed calls");
+        assert!(checked > 10, "{n} node(s): too few checks");
+        if let Some(held) = guard.take() {
+            let _ = held.release();
+        }
+    }
 }
