@@ -923,6 +923,73 @@ fn kept_alive_locks_survive_a_slot_stuck_mid_migration() {
     }
 }
 
+/// The primitives held while their slot is half migrated (some of their
+/// keys moved, some not): each renews and releases (a set key by key, each
+/// following its own redirection); a new acquisition there meets only
+/// retryable errors (Redis refuses scripts over keys split across the two
+/// nodes with `TRYAGAIN`) or succeeds; once the slot has moved, all work.
+#[test]
+fn primitives_held_through_a_half_migrated_slot() {
+    let _serial = serial();
+    let cluster = Cluster::start(2, 0);
+    let locks = manager(&cluster);
+    let slot = cluster.slot(b"{mig}");
+    let from = cluster.owner_of(slot, 0).expect("served");
+    let to = 1 - from;
+    let sem = locks.semaphore("{mig}:sem", 2).expect("semaphore");
+    let rw = locks.rwlock("{mig}:rw").expect("rwlock");
+    let rw2 = locks.rwlock("{mig}:rw2").expect("rwlock");
+    let keys = ["{mig}:a", "{mig}:b", "{mig}:c", "{mig}:d"];
+    let mut permit = sem.try_acquire(TTL).expect("try").expect("free");
+    let mut read = rw.try_read(TTL).expect("try").expect("free");
+    let mut write = rw2.try_write(TTL).expect("try").expect("free");
+    let mut set = locks.try_lock_all(&keys, TTL).expect("try").expect("free");
+    cluster.begin_migration(slot, from, to);
+    // Half of each: the set's keys split, the semaphore moved, the
+    // readers' set and the writer's key not.
+    cluster.migrate_these(from, to, &["{mig}:a", "{mig}:b", "{mig}:sem"]);
+    permit.extend(TTL).expect("extend a permit mid-migration");
+    read.extend(TTL).expect("extend a read lock mid-migration");
+    write
+        .extend(TTL)
+        .expect("extend a write lock mid-migration");
+    set.extend(TTL).expect("extend a set mid-migration");
+    for (what, attempt) in [
+        ("permit", sem.try_acquire(TTL).map(|p| p.is_some())),
+        ("write", rw.try_write(TTL).map(|w| w.is_some())),
+        ("read", rw2.try_read(TTL).map(|r| r.is_some())),
+        (
+            "set",
+            locks
+                .try_lock_all(&["{mig}:x", "{mig}:y"], TTL)
+                .map(|s| s.is_some()),
+        ),
+    ] {
+        match attempt {
+            Ok(got) => println!("{what} mid-migration: {got}"),
+            Err(e) => assert!(e.is_retryable(), "{what}: {e}"),
+        }
+    }
+    assert!(permit.release().expect("release a permit mid-migration"));
+    assert!(read.release().expect("release a read lock mid-migration"));
+    assert!(set.release().expect("release a set mid-migration"));
+    cluster.migrate_keys(slot, from, to, usize::MAX, Duration::ZERO);
+    cluster.finish_migration(slot, from, to);
+    assert!(
+        write
+            .release()
+            .expect("release a write lock after the move")
+    );
+    let again = locks.lock_all(&keys, TTL).expect("the set after the move");
+    assert!(again.release().expect("release"));
+    assert!(
+        rw.write(TTL)
+            .expect("write after the move")
+            .release()
+            .expect("release")
+    );
+}
+
 /// Nodes that announce a host name and have redirections name it
 /// (`cluster-preferred-endpoint-type hostname`): a `MOVED` to `localhost`
 /// is the same server the topology listed by IP, so a promoted replica is

@@ -339,6 +339,21 @@ impl Cluster {
         moved
     }
 
+    /// Moves these keys (of a slot being migrated) from `from` to `to`.
+    pub fn migrate_these(&self, from: usize, to: usize, keys: &[&str]) {
+        let to_port = self.servers[to].port.to_string();
+        for key in keys {
+            let _: redis::Value = redis::cmd("MIGRATE")
+                .arg("127.0.0.1")
+                .arg(to_port.as_bytes())
+                .arg(*key)
+                .arg(0)
+                .arg(5000)
+                .query(&mut self.servers[from].client())
+                .unwrap_or_else(|e| panic!("MIGRATE {key}: {e}"));
+        }
+    }
+
     /// Gives `slot` to `to`: the target first, then the source, then every
     /// master (as redis-cli).
     pub fn finish_migration(&self, slot: u16, from: usize, to: usize) {
