@@ -599,14 +599,13 @@ fn remaining_never_exceeds_what_a_majority_holds() {
                     got.map(|g| guard = g)
                 }
                 Some(mut held) => {
-                    let result = if rng.bool() {
+                    if rng.bool() {
                         let r = held.extend(ttl);
                         guard = Some(held);
                         r
                     } else {
                         held.release().map(|_| ())
-                    };
-                    result
+                    }
                 }
             };
             for proxy in &proxies {

@@ -298,11 +298,13 @@ impl MultiLock {
         self.parts.iter().flat_map(Held::keys)
     }
 
-    /// Renews every key for `ttl` from now, all or none: if any key is no
-    /// longer ours, the set is lost (`Err(Error::LockLost)`, final) and
-    /// what is left of it is released. Another error leaves
-    /// [`remaining`](Self::remaining) at most what the new `ttl` gives from
-    /// this call. One round trip (one per slot group in a cluster).
+    /// Renews every key for `ttl` from now: if any key is no longer ours,
+    /// the set is lost (`Err(Error::LockLost)`, final) and what is left of
+    /// it is released. Another error leaves [`remaining`](Self::remaining)
+    /// at most what the new `ttl` gives from this call (across cluster
+    /// slots, some slot groups may have been renewed and others not: the
+    /// least of them counts). One round trip (one per slot group in a
+    /// cluster).
     pub fn extend(&mut self, ttl: Duration) -> Result<()> {
         let mut outcome = Ok(());
         for part in &mut self.parts {

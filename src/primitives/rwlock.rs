@@ -35,8 +35,13 @@ use crate::script::Op;
 ///
 /// The key holds the writer's token (a plain lock key, with a TTL); the
 /// readers and the turn live beside it, under `{<key>}:redlease:readers`
-/// and `{<key>}:redlease:turn` (in the key's cluster slot). Do not use the
-/// same key as a plain lock.
+/// and `{<key>}:redlease:turn` (`<key>:redlease:…` for a key with a hash
+/// tag: in the key's cluster slot either way). Do not use the same key as
+/// a plain lock.
+///
+/// Not re-entrant: a thread that holds a read lock and asks for another
+/// while a writer waits, or asks for the write lock (an upgrade), waits
+/// for itself until its own read lock expires. Release first.
 #[derive(Clone)]
 pub struct RwLock {
     manager: LockManager,
@@ -111,7 +116,8 @@ impl RwLock {
 
     /// The write lock, waiting as [`LockManager::lock`] does; while it
     /// waits for readers to leave, it holds the writers' turn (renewed by
-    /// its attempts, at least every 125 ms), so that no new reader gets in.
+    /// its attempts, which come at least every 125 ms whatever the policy's
+    /// backoff), so that no new reader gets in.
     pub fn write(&self, ttl: Duration) -> Result<WriteLock> {
         self.write_with(ttl, self.manager.retry_policy())
     }

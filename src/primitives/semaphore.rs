@@ -37,7 +37,8 @@ pub(crate) const MAX_PERMITS: u32 = 1 << 20;
 /// ```
 ///
 /// Every holder of a key must use the same number of permits: each
-/// acquisition checks the count it is given.
+/// acquisition checks the count it is given, so a handle made with 5
+/// admits a fifth holder beside handles made with 4.
 #[derive(Clone)]
 pub struct Semaphore {
     manager: LockManager,
