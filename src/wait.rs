@@ -764,6 +764,29 @@ mod tests {
         assert!(!waiters.wait(&d, Instant::now()));
     }
 
+    /// A key whose waiters want each release (a semaphore's): two messages
+    /// wake two waiters even when the first has not tried yet; elsewhere
+    /// the second is held back until it has.
+    #[test]
+    fn each_release_wakes_one_more_waiter() {
+        let waiters = Waiters::new(false);
+        let permits = Wants {
+            all: false,
+            handoff: false,
+            each_release: true,
+        };
+        let a = waiters.register(b"sem", Duration::from_secs(1), permits, |_| {});
+        let b = waiters.register(b"sem", Duration::from_secs(1), permits, |_| {});
+        let c = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        let d = waiters.register(b"k", Duration::from_secs(1), LOCK, |_| {});
+        for key in [&b"sem"[..], b"sem", b"k", b"k"] {
+            waiters.message(key, b"x");
+        }
+        assert!(waiters.wait(&a, Instant::now()) && waiters.wait(&b, Instant::now()));
+        assert!(waiters.wait(&c, Instant::now()));
+        assert!(!waiters.wait(&d, Instant::now()));
+    }
+
     /// A waiter that takes no handoff (a multi-key lock's, on a key a plain
     /// lock also uses) is passed over by a claim, for the next lock waiter.
     #[test]
