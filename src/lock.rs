@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 use crate::error::{Error, Result};
 use crate::keeper::{Began, LeaseRef};
 use crate::manager::LockManager;
-use crate::quorum::ExtendFailed;
+use crate::quorum::{ExtendFailed, settle_extend};
 use crate::token::Token;
 
 /// Keys up to this many bytes live inside the guard; longer ones cost one
@@ -332,29 +332,12 @@ impl Lock {
             }
             return outcome;
         }
-        match self.manager.extend(&self.key, &self.token, ttl) {
-            Ok(valid_until) => {
-                self.valid_until = valid_until;
-                self.ttl = ttl;
-                Ok(())
-            }
-            Err(ExtendFailed {
-                error: Error::LockLost,
-                ..
-            }) => {
-                self.done = true;
-                Err(Error::LockLost)
-            }
-            Err(ExtendFailed {
-                error,
-                valid_until_at_most,
-            }) => {
-                if let Some(at_most) = valid_until_at_most {
-                    self.valid_until = self.valid_until.min(at_most);
-                }
-                Err(error)
-            }
+        let extended = self.manager.extend(&self.key, &self.token, ttl);
+        let settled = settle_extend(extended, &mut self.valid_until, &mut self.done);
+        if settled.is_ok() {
+            self.ttl = ttl;
         }
+        settled
     }
 
     /// Releases the lock on every node. Blocks for one round trip (bounded

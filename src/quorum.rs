@@ -107,6 +107,39 @@ pub(crate) struct ExtendFailed {
     pub(crate) valid_until_at_most: Option<Instant>,
 }
 
+/// What an extend's outcome leaves of a guard's validity, by the rule of
+/// [`Quorum::extend`]: renewed, it runs to the new end; `LockLost` is
+/// final (`lost` is set); any other failure leaves it at most what the new
+/// TTL gives. Shared by every guard (locks and the primitives).
+pub(crate) fn settle_extend(
+    extended: Result<Instant, ExtendFailed>,
+    valid_until: &mut Instant,
+    lost: &mut bool,
+) -> Result<(), Error> {
+    match extended {
+        Ok(until) => {
+            *valid_until = until;
+            Ok(())
+        }
+        Err(ExtendFailed {
+            error: Error::LockLost,
+            ..
+        }) => {
+            *lost = true;
+            Err(Error::LockLost)
+        }
+        Err(ExtendFailed {
+            error,
+            valid_until_at_most,
+        }) => {
+            if let Some(at_most) = valid_until_at_most {
+                *valid_until = (*valid_until).min(at_most);
+            }
+            Err(error)
+        }
+    }
+}
+
 impl Quorum {
     /// The quorum over `endpoints`, one node each. Refuses an empty list, too
     /// many nodes, and a server listed twice (it would vote twice): by the

@@ -40,22 +40,5 @@ pub(crate) fn report(s: &Settings) {
         "{} rounds × {} cycles each, interleaved; one redis-server in cluster mode serving every slot, reached as a plain node and as a cluster\n",
         s.rounds, s.cycles
     );
-    println!(
-        "| reached as | wall µs/cycle (median) | p99 | client CPU µs/cycle | allocations/cycle | instructions/cycle | wall ÷ plain | CPU ÷ plain |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let (wall, cpu) = (samples[0].median_us(), samples[0].cpu_us());
-    for (sample, instructions) in samples.iter().zip(&instructions) {
-        let instructions = instructions.map_or("—".to_owned(), |n| format!("{n:.0}"));
-        println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {instructions} | {:.3} | {:.3} |",
-            sample.name,
-            sample.median_us(),
-            sample.p99_us(),
-            sample.cpu_us(),
-            sample.allocs_per_cycle(),
-            sample.median_us() / wall,
-            sample.cpu_us() / cpu,
-        );
-    }
+    super::ratio_table("reached as", "plain", &samples, &instructions, false);
 }

@@ -154,6 +154,47 @@ fn measure(sample: &mut Sample, cycles: usize, servers: &[u32], mut cycle: impl 
     }
 }
 
+/// A table of samples measured side by side, each against the first:
+/// `what` heads the first column, `base` names the first sample in the
+/// ratio columns; `server_cpu` adds the servers' CPU per cycle.
+fn ratio_table(
+    what: &str,
+    base: &str,
+    samples: &[Sample],
+    instructions: &[Option<f64>],
+    server_cpu: bool,
+) {
+    let server = if server_cpu {
+        " server CPU µs/cycle |"
+    } else {
+        ""
+    };
+    println!(
+        "| {what} | wall µs/cycle (median) | p99 | client CPU µs/cycle |{server} allocations/cycle | instructions/cycle | wall ÷ {base} | CPU ÷ {base} |"
+    );
+    let columns = 8 + usize::from(server_cpu);
+    println!("| --- |{}", " ---: |".repeat(columns - 1));
+    let (wall, cpu) = (samples[0].median_us(), samples[0].cpu_us());
+    for (sample, instructions) in samples.iter().zip(instructions) {
+        let instructions = instructions.map_or("—".to_owned(), |n| format!("{n:.0}"));
+        let server = if server_cpu {
+            format!(" {:.2} |", sample.server_cpu_us())
+        } else {
+            String::new()
+        };
+        println!(
+            "| {} | {:.1} | {:.1} | {:.2} |{server} {:.2} | {instructions} | {:.3} | {:.3} |",
+            sample.name,
+            sample.median_us(),
+            sample.p99_us(),
+            sample.cpu_us(),
+            sample.allocs_per_cycle(),
+            sample.median_us() / wall,
+            sample.cpu_us() / cpu,
+        );
+    }
+}
+
 /// Our cycle on each manager (the samples' order), in rounds with a
 /// rotating order, against one server.
 fn interleave(

@@ -88,22 +88,5 @@ pub(crate) fn report(s: &Settings, server: &RedisServer) {
         "{} rounds × {} cycles each, interleaved; one server; each cycle takes and releases (two round trips)\n",
         s.rounds, s.cycles
     );
-    println!(
-        "| cycle | wall µs/cycle (median) | p99 | client CPU µs/cycle | allocations/cycle | instructions/cycle | wall ÷ lock | CPU ÷ lock |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let (wall, cpu) = (samples[0].median_us(), samples[0].cpu_us());
-    for (sample, instructions) in samples.iter().zip(&instructions) {
-        let instructions = instructions.map_or("—".to_owned(), |n| format!("{n:.0}"));
-        println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {instructions} | {:.3} | {:.3} |",
-            sample.name,
-            sample.median_us(),
-            sample.p99_us(),
-            sample.cpu_us(),
-            sample.allocs_per_cycle(),
-            sample.median_us() / wall,
-            sample.cpu_us() / cpu,
-        );
-    }
+    super::ratio_table("cycle", "lock", &samples, &instructions, false);
 }

@@ -61,23 +61,5 @@ pub(crate) fn report(s: &Settings) {
         "{} rounds × {} cycles each, interleaved; the same redis-server's TCP port, unix socket and TLS port\n",
         s.rounds, s.cycles
     );
-    println!(
-        "| transport | wall µs/cycle (median) | p99 | client CPU µs/cycle | server CPU µs/cycle | allocations/cycle | instructions/cycle | wall ÷ TCP | CPU ÷ TCP |"
-    );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let (tcp_wall, tcp_cpu) = (samples[0].median_us(), samples[0].cpu_us());
-    for (sample, instructions) in samples.iter().zip(&instructions) {
-        let instructions = instructions.map_or("—".to_owned(), |n| format!("{n:.0}"));
-        println!(
-            "| {} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} | {instructions} | {:.3} | {:.3} |",
-            sample.name,
-            sample.median_us(),
-            sample.p99_us(),
-            sample.cpu_us(),
-            sample.server_cpu_us(),
-            sample.allocs_per_cycle(),
-            sample.median_us() / tcp_wall,
-            sample.cpu_us() / tcp_cpu,
-        );
-    }
+    super::ratio_table("transport", "TCP", &samples, &instructions, true);
 }

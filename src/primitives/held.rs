@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 use super::script::Shaped;
 use crate::error::{Error, Result};
 use crate::manager::LockManager;
-use crate::quorum::{ExtendFailed, millis};
+use crate::quorum::{ExtendFailed, millis, settle_extend};
 use crate::route::needs_one_by_one;
 use crate::script::Op;
 use crate::token::Token;
@@ -118,29 +118,11 @@ impl Held {
         }
         // The rules of `Lock::extend`: lost is final; an undecided renewal
         // leaves at most what the new TTL gives.
-        match extended {
-            Ok(valid_until) => {
-                self.valid_until = valid_until;
-                self.ttl = ttl;
-                Ok(())
-            }
-            Err(ExtendFailed {
-                error: Error::LockLost,
-                ..
-            }) => {
-                self.done = true;
-                Err(Error::LockLost)
-            }
-            Err(ExtendFailed {
-                error,
-                valid_until_at_most,
-            }) => {
-                if let Some(at_most) = valid_until_at_most {
-                    self.valid_until = self.valid_until.min(at_most);
-                }
-                Err(error)
-            }
+        let settled = settle_extend(extended, &mut self.valid_until, &mut self.done);
+        if settled.is_ok() {
+            self.ttl = ttl;
         }
+        settled
     }
 
     /// A multi-key lock's renewal key by key: in a cluster, while its slot
@@ -201,23 +183,9 @@ impl Held {
     /// [`extend_each`]: Self::extend_each
     fn release_each(&self) -> Result<bool> {
         let route = self.manager.route();
-        let mut outcome = Ok(true);
-        for key in bulks(&self.key) {
-            match route.release(key, &self.token) {
-                Ok(true) => {}
-                Ok(false) => {
-                    if matches!(outcome, Ok(true)) {
-                        outcome = Ok(false);
-                    }
-                }
-                Err(e) => {
-                    if outcome.is_ok() {
-                        outcome = Err(e);
-                    }
-                }
-            }
-        }
-        outcome
+        bulks(&self.key)
+            .map(|key| route.release(key, &self.token))
+            .fold(Ok(true), all_released)
     }
 
     /// The operation that releases it.
@@ -313,6 +281,15 @@ impl fmt::Debug for Held {
             .field("remaining", &self.remaining())
             .field("attempts", &self.attempts)
             .finish()
+    }
+}
+
+/// Several releases' outcomes as one: `Ok(true)` when each was ours; the
+/// first error, else `Ok(false)` when one was not.
+pub(crate) fn all_released(all: Result<bool>, one: Result<bool>) -> Result<bool> {
+    match (all, one) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(a), Ok(b)) => Ok(a && b),
     }
 }
 

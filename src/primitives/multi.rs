@@ -330,23 +330,10 @@ impl MultiLock {
     /// some had expired or were taken (those are left alone); an error:
     /// too few nodes answered to tell for some (they expire by their TTL).
     pub fn release(mut self) -> Result<bool> {
-        let mut all = Ok(true);
-        for part in self.parts.drain(..) {
-            match part.release() {
-                Ok(true) => {}
-                Ok(false) => {
-                    if matches!(all, Ok(true)) {
-                        all = Ok(false);
-                    }
-                }
-                Err(e) => {
-                    if all.is_ok() {
-                        all = Err(e);
-                    }
-                }
-            }
-        }
-        all
+        // Every part is released, whatever the others said.
+        let outcomes: SmallVec<[Result<bool>; 1]> =
+            self.parts.drain(..).map(Held::release).collect();
+        outcomes.into_iter().fold(Ok(true), held::all_released)
     }
 }
 

@@ -266,6 +266,14 @@ impl Cluster {
         to: usize,
         pause: Duration,
     ) -> Result<usize, String> {
+        // Views can lag a failover: both ends must be masters now, and the
+        // source must say it serves the slot, or a `SETSLOT` could hand the
+        // slot's keys to a server that does not hold them.
+        if !self.is_master(from) || !self.is_master(to) || self.owner_of(slot, from) != Some(from) {
+            return Err(format!(
+                "server {from} does not serve slot {slot} now, or {to} is not a master"
+            ));
+        }
         self.try_begin_migration(slot, from, to)?;
         std::thread::sleep(pause);
         let moved = self.migrate_keys(slot, from, to, usize::MAX, pause / 10);
