@@ -436,12 +436,12 @@ impl LockManager {
     /// or the deadline comes. Failures are retried on the backoff's delays.
     pub(crate) fn wait_for<A: Attempts>(
         &self,
-        attempts_: &mut A,
+        tries: &mut A,
         ttl: Duration,
         policy: &RetryPolicy,
         deadline: Option<Instant>,
     ) -> Waited<A::Got> {
-        let cap = attempts_.cap(policy.cap());
+        let cap = tries.cap(policy.cap());
         let mut delays = policy.delays();
         let mut waiter: Option<Registration<'_>> = None;
         let mut attempts = 0u32;
@@ -451,11 +451,11 @@ impl LockManager {
                 // A lock handed over since the last look needs no attempt
                 // (which would only find it held, by the handed token).
                 if let Some(handed) = waiter.attempting() {
-                    break Waited::from(attempts_.handed(handed, attempts));
+                    break Waited::from(tries.handed(handed, attempts));
                 }
             }
             // `trouble`: a failure worth retrying; else the lock was held.
-            let (trouble, retry_in) = match attempts_.attempt(attempts, waiter.is_some()) {
+            let (trouble, retry_in) = match tries.attempt(attempts, waiter.is_some()) {
                 Ok(Ok(got)) => break Waited::Got(got),
                 Ok(Err(retry_in)) => (None, retry_in),
                 Err(e) if e.is_retryable() => (Some(e), None),
@@ -477,15 +477,15 @@ impl LockManager {
             // waiters that take no handoff, so none can be under way.
             if let Some(w) = &waiter
                 && wake
-                && !attempts_.wants().handoff
-                && !w.is_for(attempts_.wake_key())
+                && !tries.wants().handoff
+                && !w.is_for(tries.wake_key())
             {
                 waiter = None;
             }
             if wake && waiter.is_none() {
                 let listen_until = time::deadline(now, self.shared.io_timeout);
                 let listen_until = deadline.map_or(listen_until, |d| d.min(listen_until));
-                let (key, wants) = (attempts_.wake_key(), attempts_.wants());
+                let (key, wants) = (tries.wake_key(), tries.wants());
                 waiter = Some(self.shared.wakeups.register(key, ttl, listen_until, wants));
                 continue;
             }
@@ -497,14 +497,14 @@ impl LockManager {
             };
             // Some waits must attempt that often whatever the policy (a
             // place to renew: fair mode's queue, a writer's turn).
-            let nap = attempts_.max_nap().map_or(nap, |most| nap.min(most));
+            let nap = tries.max_nap().map_or(nap, |most| nap.min(most));
             let until = time::deadline(now, nap);
             let until = deadline.map_or(until, |d| d.min(until));
             match &waiter {
                 Some(waiter) if wake => {
                     waiter.wait(until);
                     if let Some(handed) = waiter.take_handed() {
-                        break Waited::from(attempts_.handed(handed, attempts));
+                        break Waited::from(tries.handed(handed, attempts));
                     }
                 }
                 _ => std::thread::sleep(until.saturating_duration_since(Instant::now())),
@@ -516,9 +516,9 @@ impl LockManager {
                 // Cannot happen (a key handed over was never free for us to
                 // take), but a lock must never be left behind.
                 Waited::Got(_) => {
-                    let _ = self.shared.route.release(attempts_.wake_key(), &handed.0);
+                    let _ = self.shared.route.release(tries.wake_key(), &handed.0);
                 }
-                _ => waited = Waited::from(attempts_.handed(handed, attempts)),
+                _ => waited = Waited::from(tries.handed(handed, attempts)),
             }
         }
         waited
