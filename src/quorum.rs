@@ -579,9 +579,7 @@ impl Quorum {
                 ttl,
             }
         } else if tally.no_count() > self.nodes.len() - self.needed() {
-            // A node that said no holds nothing of ours, except a
-            // multi-key lock's that kept some of its keys.
-            let skip = if op.partial_no() { 0 } else { tally.no };
+            let skip = tally.no;
             round.clean_up(skip);
             Error::LockLost
         } else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::cluster::Cluster;
 use crate::error::Error;
 use crate::node::Node;
-use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum, Renewal};
+use crate::quorum::{Acquired, Attempt, ExtendFailed, HandedOff, Quorum, Renewal, millis};
 use crate::script::Op;
 use crate::token::Token;
 
@@ -201,7 +201,7 @@ impl Route {
     /// See [`Quorum::release`].
     #[inline]
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool, Error> {
-        self.on(key, |q| q.release(key, token), |r| r.as_ref().err())
+        self.release_op(Op::Release, key, token)
     }
 
     /// See [`Quorum::extend`].
@@ -211,11 +211,10 @@ impl Route {
         token: &Token,
         ttl: Duration,
     ) -> Result<Instant, ExtendFailed> {
-        self.on(
-            key,
-            |q| q.extend(key, token, ttl),
-            |r| r.as_ref().err().map(|f| &f.error),
-        )
+        let op = Op::Extend {
+            ttl_ms: millis(ttl),
+        };
+        self.extend_op(op, key, token, ttl)
     }
 
     /// [`extend`](Self::extend) without waiting out a cluster's `TRYAGAIN`

@@ -394,14 +394,6 @@ impl<'a> Op<'a> {
         ) || matches!(self, Op::Shaped(shaped) if shaped.grants())
     }
 
-    /// Whether a node's "no" to this operation may leave some of it held
-    /// there (a multi-key lock's renewal: some keys still ours), so that a
-    /// clean-up must not pass that node over.
-    #[inline]
-    pub(crate) fn partial_no(self) -> bool {
-        matches!(self, Op::Shaped(Shaped::MultiExtend { .. }))
-    }
-
     /// The release that cleans up after this operation failed (or found
     /// the lock lost): a lock's release, or a primitive's own.
     #[inline]

@@ -30,6 +30,24 @@ pub(crate) enum Shape {
     },
 }
 
+/// The primitives of one key (a multi-key lock makes its own attempts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum One {
+    Permit,
+    Read,
+    Write,
+}
+
+impl From<One> for Shape {
+    fn from(one: One) -> Shape {
+        match one {
+            One::Permit => Shape::Permit,
+            One::Read => Shape::Read,
+            One::Write => Shape::Write,
+        }
+    }
+}
+
 /// A held permit, read lock, write lock or multi-key lock.
 pub(crate) struct Held {
     manager: LockManager,

@@ -40,7 +40,7 @@ use crate::script::Op;
 use crate::time;
 use crate::token::Token;
 use crate::wait::{Handed, Wants};
-use held::{Held, Shape};
+use held::{Held, One};
 use script::Shaped;
 
 /// One attempt (a `try_…` call), counted in the metrics.
@@ -105,7 +105,7 @@ fn not_a_lock<T>(manager: &LockManager, key: &[u8], handed: Handed) -> Result<T>
 /// for [`LockManager::wait_for`].
 struct Try<'a> {
     manager: &'a LockManager,
-    shape: Shape,
+    shape: One,
     /// The primitive's key; a multi-key lock's keys as sent.
     key: &'a [u8],
     ttl: Duration,
@@ -117,7 +117,7 @@ struct Try<'a> {
 }
 
 impl<'a> Try<'a> {
-    fn new(manager: &'a LockManager, shape: Shape, key: &'a [u8], ttl: Duration) -> Try<'a> {
+    fn new(manager: &'a LockManager, shape: One, key: &'a [u8], ttl: Duration) -> Try<'a> {
         Try {
             manager,
             shape,
@@ -143,17 +143,15 @@ impl Attempts for Try<'_> {
         };
         let ttl_ms = millis(self.ttl);
         let op = match self.shape {
-            Shape::Permit => Shaped::SemAcquire {
+            One::Permit => Shaped::SemAcquire {
                 ttl_ms,
                 permits: self.permits,
             },
-            Shape::Read => Shaped::ReadAcquire { ttl_ms },
-            Shape::Write => Shaped::WriteAcquire {
+            One::Read => Shaped::ReadAcquire { ttl_ms },
+            One::Write => Shaped::WriteAcquire {
                 ttl_ms,
                 waits: self.kept.is_some(),
             },
-            // A multi-key lock makes its own attempts (`multi.rs`).
-            Shape::Multi { .. } => return Err(Error::invalid("not a one-key primitive")),
         };
         let acquired =
             self.manager
@@ -162,7 +160,7 @@ impl Attempts for Try<'_> {
         match acquired {
             Acquired::Granted { valid_until, .. } => Ok(Ok(Held::new(
                 self.manager,
-                self.shape,
+                self.shape.into(),
                 self.key,
                 token,
                 self.ttl,
@@ -181,13 +179,13 @@ impl Attempts for Try<'_> {
         Wants {
             // Readers can all get in at once; a writer must hear of every
             // reader's leaving.
-            all: matches!(self.shape, Shape::Read | Shape::Write),
+            all: matches!(self.shape, One::Read | One::Write),
             // A plain lock handed over is not a permit, a read or write
             // lock, nor a whole set.
             handoff: false,
             // Each permit released can go to another waiter, even before
             // the one woken for the last has tried.
-            each_release: self.shape == Shape::Permit,
+            each_release: self.shape == One::Permit,
         }
     }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use super::held::{ReadLock, Shape, WriteLock};
+use super::held::{One, ReadLock, WriteLock};
 use super::script::Shaped;
 use super::{Try, token, try_once, wait_by, wait_up_to};
 use crate::error::{Error, Result};
@@ -74,7 +74,7 @@ impl RwLock {
         &self.key
     }
 
-    fn attempts(&self, shape: Shape, ttl: Duration) -> Result<Try<'_>> {
+    fn attempts(&self, shape: One, ttl: Duration) -> Result<Try<'_>> {
         let ttl = self.manager.check_ttl(ttl)?;
         Ok(Try::new(&self.manager, shape, &self.key, ttl))
     }
@@ -82,7 +82,7 @@ impl RwLock {
     /// One attempt at a read lock for `ttl`: `Ok(None)` while a writer
     /// holds the lock or waits for its turn.
     pub fn try_read(&self, ttl: Duration) -> Result<Option<ReadLock>> {
-        let mut attempts = self.attempts(Shape::Read, ttl)?;
+        let mut attempts = self.attempts(One::Read, ttl)?;
         Ok(try_once(&self.manager, &mut attempts)?.map(ReadLock))
     }
 
@@ -94,14 +94,14 @@ impl RwLock {
 
     /// [`read`](Self::read) with a retry policy for this call only.
     pub fn read_with(&self, ttl: Duration, policy: &RetryPolicy) -> Result<ReadLock> {
-        let mut attempts = self.attempts(Shape::Read, ttl)?;
+        let mut attempts = self.attempts(One::Read, ttl)?;
         let ttl = attempts.ttl;
         wait_by(&self.manager, &mut attempts, ttl, policy).map(ReadLock)
     }
 
     /// Tries for a read lock until `wait` has passed.
     pub fn try_read_for(&self, ttl: Duration, wait: Duration) -> Result<Option<ReadLock>> {
-        let mut attempts = self.attempts(Shape::Read, ttl)?;
+        let mut attempts = self.attempts(One::Read, ttl)?;
         let ttl = attempts.ttl;
         Ok(wait_up_to(&self.manager, &mut attempts, ttl, wait)?.map(ReadLock))
     }
@@ -110,7 +110,7 @@ impl RwLock {
     /// or a reader holds it (or another writer waits for its turn). A
     /// single attempt never takes the writers' turn.
     pub fn try_write(&self, ttl: Duration) -> Result<Option<WriteLock>> {
-        let mut attempts = self.attempts(Shape::Write, ttl)?;
+        let mut attempts = self.attempts(One::Write, ttl)?;
         Ok(try_once(&self.manager, &mut attempts)?.map(WriteLock))
     }
 
@@ -151,7 +151,7 @@ impl RwLock {
         wait: impl FnOnce(&mut Try<'_>, Duration) -> Result<T>,
         got: impl FnOnce(&T) -> bool,
     ) -> Result<T> {
-        let mut attempts = self.attempts(Shape::Write, ttl)?;
+        let mut attempts = self.attempts(One::Write, ttl)?;
         let kept = token()?;
         attempts.kept = Some(kept);
         let ttl = attempts.ttl;

@@ -174,9 +174,20 @@ for i = 1, #KEYS do redis.call("set", KEYS[i], ARGV[1], "PX", ARGV[2]) end
 return redis.status_reply("OK")"#;
 
 /// Renews every key of a multi-key lock, or none: only when all of KEYS
-/// still hold our token. ARGV: token, ttl ms. Replies 1 or 0.
+/// still hold our token. ARGV: token, ttl ms. Replies 1, or 0 when a key
+/// is no longer ours: the set is lost, and the keys still ours are
+/// released then and there (and their waiters told), so that a node's "no"
+/// leaves nothing of the set behind, as it does for every other operation.
 pub(crate) const MULTI_EXTEND: &str = r#"for i = 1, #KEYS do
-  if redis.pcall("get", KEYS[i]) ~= ARGV[1] then return 0 end
+  if redis.pcall("get", KEYS[i]) ~= ARGV[1] then
+    for j = 1, #KEYS do
+      if redis.pcall("get", KEYS[j]) == ARGV[1] then
+        redis.call("del", KEYS[j])
+        redis.pcall("publish", "redlease:wake:" .. KEYS[j], string.sub(ARGV[1], 1, 8))
+      end
+    end
+    return 0
+  end
 end
 for i = 1, #KEYS do redis.call("pexpire", KEYS[i], ARGV[2]) end
 return 1"#;

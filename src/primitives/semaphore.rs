@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
-use super::held::{Permit, Shape};
+use super::held::{One, Permit};
 use super::{Try, try_once, wait_by, wait_up_to};
 use crate::error::{Error, Result};
 use crate::lock::INLINE_KEY;
@@ -84,7 +84,7 @@ impl Semaphore {
 
     fn attempts(&self, ttl: Duration) -> Result<Try<'_>> {
         let ttl = self.manager.check_ttl(ttl)?;
-        let mut attempts = Try::new(&self.manager, Shape::Permit, &self.key, ttl);
+        let mut attempts = Try::new(&self.manager, One::Permit, &self.key, ttl);
         attempts.permits = self.permits;
         Ok(attempts)
     }
