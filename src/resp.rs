@@ -346,6 +346,121 @@ pub(crate) fn encode(buf: &mut BytesMut, args: &[&[u8]]) {
     }
 }
 
+/// A short piece of a command in a fixed-size array, of which the first
+/// `len` bytes count. Appending one copies the whole array (a constant-size
+/// copy the compiler does inline, where a copy of a length known only at
+/// run time is a call to `memcpy`), then cuts the buffer back to `len`.
+#[derive(Clone, Copy)]
+pub(crate) struct Padded<const N: usize> {
+    pub(crate) bytes: [u8; N],
+    pub(crate) len: usize,
+}
+
+impl<const N: usize> Padded<N> {
+    /// `bytes`, padded with zeros; `None` if longer than `N`.
+    pub(crate) fn new(bytes: &[u8]) -> Option<Padded<N>> {
+        let mut padded = [0u8; N];
+        padded.get_mut(..bytes.len())?.copy_from_slice(bytes);
+        Some(Padded {
+            bytes: padded,
+            len: bytes.len(),
+        })
+    }
+
+    #[cfg(test)]
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+
+    /// Appends the counted bytes to `buf`.
+    #[inline(always)]
+    pub(crate) fn put(&self, buf: &mut BytesMut) {
+        let end = buf.len() + self.len;
+        buf.extend_from_slice(&self.bytes);
+        buf.truncate(end);
+    }
+}
+
+/// Every two-digit number's digits, `00` to `99`.
+const PAIRS: [[u8; 2]; 100] = {
+    let mut table = [[0u8; 2]; 100];
+    let mut i = 0;
+    while i < 100 {
+        table[i] = [b'0' + (i / 10) as u8, b'0' + (i % 10) as u8];
+        i += 1;
+    }
+    table
+};
+
+/// The decimal digits of `n`, ending at byte 20 of 40 (so that a
+/// constant-size copy of 20 bytes can take them from their start), and how
+/// many there are.
+#[inline(always)]
+fn digits(mut n: u64) -> ([u8; 40], usize) {
+    let mut out = [0u8; 40];
+    let mut at = 20;
+    while n >= 100 {
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&PAIRS[(n % 100) as usize]);
+        n /= 100;
+    }
+    if n >= 10 {
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&PAIRS[n as usize]);
+    } else {
+        at -= 1;
+        out[at] = b'0' + n as u8;
+    }
+    (out, 20 - at)
+}
+
+/// Writes `n`'s digits at `out[at..]`, returns where they end.
+#[inline(always)]
+fn put_digits<const N: usize>(out: &mut [u8; N], at: usize, n: u64) -> usize {
+    let (digits, count) = digits(n);
+    out[at..at + 20].copy_from_slice(&digits[20 - count..40 - count]);
+    at + count
+}
+
+/// A bulk string's length line, `$<len>\r\n`.
+#[inline]
+pub(crate) fn len_line(len: usize) -> Padded<24> {
+    let mut out = Padded {
+        bytes: [0u8; 24],
+        len: 0,
+    };
+    out.bytes[0] = b'$';
+    let end = put_digits(&mut out.bytes, 1, len as u64);
+    out.bytes[end..end + 2].copy_from_slice(b"\r\n");
+    out.len = end + 2;
+    out
+}
+
+/// A number as a bulk string, `$<digits>\r\n<number>\r\n`.
+#[inline]
+pub(crate) fn num_bulk(n: u64) -> Padded<32> {
+    let mut out = Padded {
+        bytes: [0u8; 32],
+        len: 0,
+    };
+    let (digits, count) = digits(n);
+    out.bytes[0] = b'$';
+    // At most 20 digits: the count is one digit or two.
+    let at = if count >= 10 {
+        out.bytes[1..3].copy_from_slice(&PAIRS[count]);
+        3
+    } else {
+        out.bytes[1] = b'0' + count as u8;
+        2
+    };
+    out.bytes[at..at + 2].copy_from_slice(b"\r\n");
+    out.bytes[at + 2..at + 22].copy_from_slice(&digits[20 - count..40 - count]);
+    let end = at + 2 + count;
+    out.bytes[end..end + 2].copy_from_slice(b"\r\n");
+    out.len = end + 2;
+    out
+}
+
 /// Appends one bulk string: `$<len>\r\n<bytes>\r\n`.
 pub(crate) fn put_bulk(buf: &mut BytesMut, arg: &[u8]) {
     buf.put_u8(b'$');
@@ -358,6 +473,26 @@ pub(crate) fn put_bulk(buf: &mut BytesMut, arg: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The padded pieces are what `put_bulk` writes, at every digit count.
+    #[test]
+    fn padded_numbers_match_the_general_encoder() {
+        let mut values = vec![0, 1, 9, 10, 99, 100, 30_000, u64::MAX, u64::MAX - 1];
+        values.extend((0..20).map(|p| 10u64.pow(p)));
+        values.extend((1..20).map(|p| 10u64.pow(p) - 1));
+        for n in values {
+            let mut expected = BytesMut::new();
+            put_bulk(&mut expected, n.to_string().as_bytes());
+            assert_eq!(num_bulk(n).as_bytes(), &expected[..], "{n}");
+            let line = len_line(n as usize);
+            assert_eq!(line.as_bytes(), format!("${n}\r\n").as_bytes());
+            let mut buf = BytesMut::from(&b"x"[..]);
+            num_bulk(n).put(&mut buf);
+            assert_eq!(&buf[1..], &expected[..]);
+        }
+        assert!(Padded::<4>::new(b"12345").is_none());
+        assert_eq!(Padded::<4>::new(b"1234").unwrap().as_bytes(), b"1234");
+    }
 
     /// Pushes as a subscribed connection receives them, whole and cut.
     #[test]

@@ -18,7 +18,7 @@ use bytes::{BufMut, BytesMut};
 
 use crate::error::Failure;
 use crate::primitives::script::Shaped;
-use crate::resp::{self, Reply};
+use crate::resp::{self, Padded, Reply};
 use crate::token::Token;
 
 /// Every script reads the lock's key with `pcall`: a key written over with
@@ -173,7 +173,12 @@ pub(crate) struct Script {
     /// behind the array header for `argc` arguments in all.
     by_sha: Vec<u8>,
     by_source: Vec<u8>,
+    /// `by_sha` again, padded for a constant-size copy.
+    by_sha_padded: Option<Padded<HEAD_PAD>>,
 }
+
+/// Room for a script's `EVALSHA` front (about 72 bytes) in a padded copy.
+const HEAD_PAD: usize = 96;
 
 impl Script {
     pub(crate) fn new(source: &'static str, keys: usize, argc: usize) -> Script {
@@ -187,8 +192,10 @@ impl Script {
             resp::put_bulk(&mut buf, keys.to_string().as_bytes());
             buf.to_vec()
         };
+        let by_sha = head(b"EVALSHA", &sha);
         Script {
-            by_sha: head(b"EVALSHA", &sha),
+            by_sha_padded: Padded::new(&by_sha),
+            by_sha,
             by_source: head(b"EVAL", source.as_bytes()),
             source,
             sha,
@@ -200,6 +207,15 @@ impl Script {
         match form {
             Form::Sha => &self.by_sha,
             Form::Source => &self.by_source,
+        }
+    }
+
+    /// Appends [`head`](Self::head) to `buf`.
+    #[inline]
+    pub(crate) fn put_head(&self, buf: &mut BytesMut, form: Form) {
+        match (form, &self.by_sha_padded) {
+            (Form::Sha, Some(padded)) => padded.put(buf),
+            _ => buf.extend_from_slice(self.head(form)),
         }
     }
 
@@ -282,38 +298,9 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 });
 
 /// `SET` with its 6 arguments' count, as RESP.
-const SET_HEAD: &[u8] = b"*6\r\n$3\r\nSET\r\n";
+const SET_HEAD: &[u8; 13] = b"*6\r\n$3\r\nSET\r\n";
 /// `NX PX`, as RESP.
-const NX_PX: &[u8] = b"$2\r\nNX\r\n$2\r\nPX\r\n";
-
-// The tail below frames the token as `$32`.
-const _: () = assert!(crate::token::TOKEN_LEN == 32);
-
-/// A small stack buffer for assembling the fixed-size parts of a command.
-/// 128 bytes hold the longest tail: CRLF, two 32-byte tokens and a 20-digit
-/// TTL with their framing (113 bytes).
-struct Stack {
-    bytes: [u8; 128],
-    len: usize,
-}
-
-impl Stack {
-    fn new() -> Stack {
-        Stack {
-            bytes: [0; 128],
-            len: 0,
-        }
-    }
-
-    fn put(&mut self, part: &[u8]) {
-        self.bytes[self.len..self.len + part.len()].copy_from_slice(part);
-        self.len += part.len();
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.bytes[..self.len]
-    }
-}
+const NX_PX: &[u8; 16] = b"$2\r\nNX\r\n$2\r\nPX\r\n";
 
 /// One lock operation, with what it needs besides the key and token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,12 +410,12 @@ impl<'a> Op<'a> {
     /// the whole argument list (checked by the tests and the fuzz target).
     pub(crate) fn encode(self, buf: &mut BytesMut, key: &[u8], token: &Token, form: Form) {
         let scripts = &*SCRIPTS;
-        let (head, ttl_ms): (&[u8], Option<u64>) = match self {
-            Op::Acquire { ttl_ms } => (SET_HEAD, Some(ttl_ms)),
-            Op::AcquireOrPttl { ttl_ms } => (scripts.acquire_or_pttl.head(form), Some(ttl_ms)),
-            Op::Handoff { ttl_ms, .. } => (scripts.handoff.head(form), Some(ttl_ms)),
-            Op::Release => (scripts.release.head(form), None),
-            Op::Extend { ttl_ms } => (scripts.extend.head(form), Some(ttl_ms)),
+        let (head, ttl_ms): (Option<&Script>, Option<u64>) = match self {
+            Op::Acquire { ttl_ms } => (None, Some(ttl_ms)),
+            Op::AcquireOrPttl { ttl_ms } => (Some(&scripts.acquire_or_pttl), Some(ttl_ms)),
+            Op::Handoff { ttl_ms, .. } => (Some(&scripts.handoff), Some(ttl_ms)),
+            Op::Release => (Some(&scripts.release), None),
+            Op::Extend { ttl_ms } => (Some(&scripts.extend), Some(ttl_ms)),
             Op::FairAcquire { .. } | Op::FairLeave => {
                 return self.encode_fair(buf, key, token, form);
             }
@@ -452,38 +439,29 @@ impl<'a> Op<'a> {
                 );
             }
         };
-        // Four copies in all: the constant head, the key's length line, the
-        // key, and everything after the key assembled on the stack.
-        let mut key_len = Stack::new();
-        key_len.put(b"$");
-        key_len.put(itoa::Buffer::new().format(key.len()).as_bytes());
-        key_len.put(b"\r\n");
-        let mut tail = Stack::new();
-        tail.put(b"\r\n$32\r\n");
-        tail.put(token.as_bytes());
-        tail.put(b"\r\n");
+        // One copy of a length known only at run time (the key's); every
+        // other piece is copied at a constant size (see `resp::Padded`).
+        buf.reserve(key.len() + 256);
+        match head {
+            Some(script) => script.put_head(buf, form),
+            None => buf.extend_from_slice(SET_HEAD),
+        }
+        resp::len_line(key.len()).put(buf);
+        buf.extend_from_slice(key);
+        buf.extend_from_slice(b"\r\n$32\r\n");
+        buf.extend_from_slice(token.as_array());
+        buf.extend_from_slice(b"\r\n");
         if let Op::Acquire { .. } = self {
-            tail.put(NX_PX);
+            buf.extend_from_slice(NX_PX);
         }
         if let Op::Handoff { to, .. } = self {
-            tail.put(b"$32\r\n");
-            tail.put(to.as_bytes());
-            tail.put(b"\r\n");
+            buf.extend_from_slice(b"$32\r\n");
+            buf.extend_from_slice(to.as_array());
+            buf.extend_from_slice(b"\r\n");
         }
         if let Some(ttl_ms) = ttl_ms {
-            let mut num = itoa::Buffer::new();
-            let ttl = num.format(ttl_ms).as_bytes();
-            tail.put(b"$");
-            tail.put(itoa::Buffer::new().format(ttl.len()).as_bytes());
-            tail.put(b"\r\n");
-            tail.put(ttl);
-            tail.put(b"\r\n");
+            resp::num_bulk(ttl_ms).put(buf);
         }
-        buf.reserve(head.len() + key_len.len + key.len() + tail.len);
-        buf.extend_from_slice(head);
-        buf.extend_from_slice(key_len.bytes());
-        buf.extend_from_slice(key);
-        buf.extend_from_slice(tail.bytes());
     }
 
     /// The fencing scripts: the lock's key and its fence counter's.

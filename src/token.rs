@@ -51,6 +51,11 @@ impl Token {
     pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
+
+    /// The same, at their constant length.
+    pub(crate) fn as_array(&self) -> &[u8; TOKEN_LEN] {
+        &self.0
+    }
 }
 
 /// Shows only the first 4 hex digits: enough to correlate log lines, too few
