@@ -271,6 +271,7 @@ impl Conn {
     /// Waits (until `deadline`) for the reply to the latest request and
     /// hands it to `read`, discarding the late replies to earlier ones (a
     /// request that timed out, then a clean-up sent behind it).
+    #[inline(always)]
     fn recv_latest_with<T>(
         &mut self,
         deadline: Instant,
@@ -286,6 +287,7 @@ impl Conn {
     /// interprets it. The outer error is the transport's; the inner one is
     /// the reply's meaning: an error reply leaves the connection usable, a
     /// reply of the wrong kind does not (the stream is no longer trusted).
+    #[inline(always)]
     pub(crate) fn recv_latest<T>(
         &mut self,
         deadline: Instant,

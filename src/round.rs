@@ -181,6 +181,9 @@ impl<'q> Round<'q> {
     /// gather, second chance. The reply deadline is one I/O timeout from
     /// just before the first write.
     pub(crate) fn run(&mut self, targets: Mask) {
+        if self.nodes.len() == 1 && targets & 1 != 0 {
+            return self.run_one();
+        }
         if self.check_out(targets) {
             self.tally.start = Instant::now();
         }
@@ -189,6 +192,53 @@ impl<'q> Round<'q> {
         let mut redos = Redos::new();
         let pending = self.scatter(&mut redos);
         self.gather(pending, deadline, true, &mut redos);
+        if !redos.is_empty() {
+            self.second_chance(&redos, deadline);
+        }
+        self.tally.end = Instant::now();
+    }
+
+    /// [`run`](Self::run) on a quorum of one node: the same four steps
+    /// and rules, without the loops over nodes.
+    fn run_one(&mut self) {
+        let checkout = match self
+            .op
+            .grants()
+            .then(|| self.nodes[0].quarantined())
+            .flatten()
+        {
+            Some(left) => Err(Failure::Quarantined(left)),
+            None => self.nodes[0]
+                .checkout(Take::Pooled)
+                .and_then(|conn| self.may_vote(conn)),
+        };
+        let mut conn = match checkout {
+            Ok(conn) => conn,
+            Err(failure) => {
+                note_fail(self.nodes, &mut self.tally, 0, failure);
+                self.slots.push(None);
+                self.tally.end = Instant::now();
+                return;
+            }
+        };
+        if conn.slow {
+            self.tally.start = Instant::now();
+        }
+        let deadline = self.tally.start + self.io_timeout;
+        self.put(&mut conn, self.op, self.token, Form::Sha);
+        let mut redos = Redos::new();
+        match self.send(&mut conn) {
+            Ok(()) => {
+                self.tally.sent = 1;
+                let op = self.op;
+                let outcome = conn.recv(deadline, true, |reply| op.interpret(reply));
+                let stale = matches!(&outcome, Err(failure) if conn.was_stale(failure));
+                self.judge(0, outcome, stale, &mut redos);
+            }
+            Err(failure) if conn.was_stale(&failure) => redos.push((0, Redo::Reconnect)),
+            Err(failure) => note_fail(self.nodes, &mut self.tally, 0, failure),
+        }
+        self.slots.push(Some(conn));
         if !redos.is_empty() {
             self.second_chance(&redos, deadline);
         }
@@ -308,51 +358,62 @@ impl<'q> Round<'q> {
     /// `had_time` to be answered. Nodes that could not answer through no
     /// fault of theirs go into `redos`.
     fn gather(&mut self, pending: Mask, deadline: Instant, had_time: bool, redos: &mut Redos) {
-        for (i, slot) in self.slots.iter_mut().enumerate() {
+        for i in 0..self.slots.len() {
             if pending & (1 << i) == 0 {
                 continue;
             }
-            let Some(conn) = slot else { continue };
+            let Some(conn) = self.slots[i].as_mut() else {
+                continue;
+            };
             let resent = self.resent & (1 << i) != 0;
             let op = if resent { self.op.resent() } else { self.op };
-            match conn.recv(deadline, had_time, |reply| op.interpret(reply)) {
-                Ok(Vote::Yes) => self.tally.yes |= 1 << i,
-                Ok(Vote::Fenced(fence)) => {
-                    self.tally.yes |= 1 << i;
-                    self.tally.fence = self.tally.fence.max(fence);
-                }
-                Ok(Vote::Each(bits)) => {
-                    // A node that answered a batch is in `yes`; what it
-                    // renewed is here.
-                    self.tally.yes |= 1 << i;
-                    if let Some(slot) = self.each.as_deref_mut().and_then(|each| each.get_mut(i)) {
-                        *slot = bits;
-                    }
-                }
-                Ok(Vote::No { held_ms }) => self.tally.held(i, held_ms),
-                Ok(Vote::Blocked { held_ms, index }) => {
-                    self.tally.held(i, held_ms);
-                    self.tally.blocker.get_or_insert(index);
-                }
-                Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
-                    redos.push((i, Redo::Source));
-                }
-                // A master demoted by a failover refused the write: the
-                // sentinels name another server now, and a new connection
-                // goes there (its idle siblings are closed with it).
-                Err(failure)
-                    if failure.server_error() == Some(ServerError::ReadOnly)
-                        && self.nodes[i].follows_failover() =>
-                {
-                    log::debug!(
-                        "redlease: {} is read-only now, reconnecting through its sentinels",
-                        self.nodes[i].name
-                    );
-                    redos.push((i, Redo::Reconnect));
-                }
-                Err(failure) if conn.was_stale(&failure) => redos.push((i, Redo::Reconnect)),
-                Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
+            let outcome = conn.recv(deadline, had_time, |reply| op.interpret(reply));
+            let stale = matches!(&outcome, Err(failure) if conn.was_stale(failure));
+            self.judge(i, outcome, stale, redos);
+        }
+    }
+
+    /// What node `i`'s answer means: its vote in the tally, a second
+    /// chance owed (`stale`: its pooled connection had been closed by the
+    /// server), or its failure.
+    fn judge(&mut self, i: usize, outcome: Result<Vote, Failure>, stale: bool, redos: &mut Redos) {
+        match outcome {
+            Ok(Vote::Yes) => self.tally.yes |= 1 << i,
+            Ok(Vote::Fenced(fence)) => {
+                self.tally.yes |= 1 << i;
+                self.tally.fence = self.tally.fence.max(fence);
             }
+            Ok(Vote::Each(bits)) => {
+                // A node that answered a batch is in `yes`; what it
+                // renewed is here.
+                self.tally.yes |= 1 << i;
+                if let Some(slot) = self.each.as_deref_mut().and_then(|each| each.get_mut(i)) {
+                    *slot = bits;
+                }
+            }
+            Ok(Vote::No { held_ms }) => self.tally.held(i, held_ms),
+            Ok(Vote::Blocked { held_ms, index }) => {
+                self.tally.held(i, held_ms);
+                self.tally.blocker.get_or_insert(index);
+            }
+            Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
+                redos.push((i, Redo::Source));
+            }
+            // A master demoted by a failover refused the write: the
+            // sentinels name another server now, and a new connection
+            // goes there (its idle siblings are closed with it).
+            Err(failure)
+                if failure.server_error() == Some(ServerError::ReadOnly)
+                    && self.nodes[i].follows_failover() =>
+            {
+                log::debug!(
+                    "redlease: {} is read-only now, reconnecting through its sentinels",
+                    self.nodes[i].name
+                );
+                redos.push((i, Redo::Reconnect));
+            }
+            Err(_) if stale => redos.push((i, Redo::Reconnect)),
+            Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
         }
     }
 
