@@ -55,6 +55,9 @@ struct Shared {
     max_hold: Option<Duration>,
     retry: RetryPolicy,
     limits: Limits,
+    /// The shortest TTL that leaves validity after the drift allowance
+    /// (whole milliseconds), worked out once.
+    min_ttl: Duration,
     /// Waiters and the subscribers that wake them. Dropped with the last
     /// clone, which stops the subscriber threads.
     wakeups: Wakeups,
@@ -212,6 +215,7 @@ impl LockManager {
     ) -> LockManager {
         let wakeups = Wakeups::new(&route.nodes(), fair);
         let route = Arc::new(route);
+        let min_ttl = min_ttl(&route, limits.max_ttl);
         let observe = Arc::new(Observe::default());
         LockManager {
             shared: Arc::new(Shared {
@@ -221,6 +225,7 @@ impl LockManager {
                 fencing,
                 route,
                 retry,
+                min_ttl,
                 limits,
                 wakeups,
                 fair,
@@ -738,7 +743,21 @@ impl LockManager {
     /// Validates a TTL; returns it rounded down to whole milliseconds, as it
     /// is sent (`PX`, `PEXPIRE`). `PEXPIRE 0` would delete the key, so a TTL
     /// is never let through as zero.
+    #[inline]
     pub(crate) fn check_ttl(&self, ttl: Duration) -> Result<Duration> {
+        let shared = &*self.shared;
+        // Rounded down to whole milliseconds, without 128-bit arithmetic.
+        let whole = Duration::new(ttl.as_secs(), ttl.subsec_millis() * 1_000_000);
+        if whole >= shared.min_ttl && ttl <= shared.limits.max_ttl {
+            return Ok(whole);
+        }
+        self.bad_ttl(ttl)
+    }
+
+    /// [`check_ttl`](Self::check_ttl)'s rules again, spelled out, for
+    /// the error that says which one a TTL breaks.
+    #[cold]
+    fn bad_ttl(&self, ttl: Duration) -> Result<Duration> {
         let max_ttl = self.shared.limits.max_ttl;
         if ttl > max_ttl {
             return Err(Error::invalid(format!(
@@ -755,6 +774,22 @@ impl LockManager {
         }
         Ok(ttl)
     }
+}
+
+/// The shortest whole-millisecond TTL above its own drift allowance on
+/// `route` (a few milliseconds: the allowance is 2 ms plus under half the
+/// TTL, so the search is short); `Duration::MAX` if none is up to
+/// `max_ttl` (then every TTL takes the slow check, which refuses it).
+fn min_ttl(route: &Route, max_ttl: Duration) -> Duration {
+    (1..=millis_cap(max_ttl))
+        .map(Duration::from_millis)
+        .find(|&ttl| ttl > route.drift(ttl))
+        .unwrap_or(Duration::MAX)
+}
+
+/// `ttl` in whole milliseconds, as a `u64`.
+fn millis_cap(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl fmt::Debug for LockManager {

@@ -315,9 +315,16 @@ impl Node {
 
     /// The sentinels' latest master switch, with the idle connections of
     /// the ones before closed; 0 for a node with a fixed address.
-    #[inline]
+    #[inline(always)]
     fn sync_epoch(&self, state: &mut State) -> u64 {
-        let Some(watch) = &self.watch else { return 0 };
+        match &self.watch {
+            None => 0,
+            Some(watch) => self.sync_epoch_with(watch, state),
+        }
+    }
+
+    #[inline(never)]
+    fn sync_epoch_with(&self, watch: &Watch, state: &mut State) -> u64 {
         let now = watch.epoch();
         if now != state.epoch {
             state.epoch = now;
