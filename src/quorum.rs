@@ -328,6 +328,7 @@ impl Quorum {
     /// A round of `op` over the nodes, not yet run. (Rounds are built
     /// where they are used and run in place: a round is a few hundred
     /// bytes, and moving it would cost the hot path copies.)
+    #[inline(always)]
     fn round<'q>(&'q self, op: Op<'q>, key: &'q [u8], token: &'q Token) -> Round<'q> {
         Round::new(&self.nodes, self.io_timeout, op, key, token, self.asking)
     }

@@ -154,6 +154,7 @@ impl<'q> Round<'q> {
     /// A round about to run `op`. The validity clock starts here, before
     /// anything is sent: conservative by the time the checkouts take, and
     /// read again after them if one of them took real time.
+    #[inline(always)]
     pub(crate) fn new(
         nodes: &'q [Arc<Node>],
         io_timeout: Duration,
@@ -162,6 +163,7 @@ impl<'q> Round<'q> {
         token: &'q Token,
         asking: bool,
     ) -> Round<'q> {
+        let now = Instant::now();
         Round {
             nodes,
             op,
@@ -170,7 +172,7 @@ impl<'q> Round<'q> {
             io_timeout,
             asking,
             slots: Slots::new(),
-            tally: Tally::new(Instant::now()),
+            tally: Tally::new(now),
             resent: 0,
             orphans: 0,
             each: None,
