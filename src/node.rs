@@ -336,6 +336,7 @@ impl Node {
         now
     }
 
+    #[inline]
     fn give_back(&self, mut conn: Box<Conn>, epoch: u64) {
         let mut state = self.state.lock();
         if conn.is_clean() && self.sync_epoch(&mut state) == epoch {
@@ -688,6 +689,7 @@ impl DerefMut for Checkout<'_> {
 }
 
 impl Drop for Checkout<'_> {
+    #[inline]
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             self.node.give_back(conn, self.epoch);
