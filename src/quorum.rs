@@ -520,7 +520,7 @@ impl Quorum {
     /// [`release`](Self::release) by `op` (a primitive's release).
     pub(crate) fn release_op(&self, op: Op<'_>, key: &[u8], token: &Token) -> Result<bool, Error> {
         let mut round = self.round(op, key, token);
-        round.run(self.all());
+        round.run_untimed(self.all());
         let tally = round.tally();
         if tally.yes_count() >= self.needed() {
             Ok(true)

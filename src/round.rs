@@ -84,7 +84,7 @@ pub(crate) struct Tally {
     pub(crate) first_failure: Option<(usize, Failure)>,
     /// Just before the first request was written.
     pub(crate) start: Instant,
-    /// Just after the last reply was read.
+    /// Just after the last reply was read (`start` after a `run_untimed`).
     pub(crate) end: Instant,
 }
 
@@ -183,6 +183,20 @@ impl<'q> Round<'q> {
     /// gather, second chance. The reply deadline is one I/O timeout from
     /// just before the first write.
     pub(crate) fn run(&mut self, targets: Mask) {
+        self.exchange(targets);
+        self.tally.end = Instant::now();
+    }
+
+    /// [`run`](Self::run) for an operation whose meaning does not depend on
+    /// how long it took (a release): the tally's `end` is not read from the
+    /// clock, and stays its `start`.
+    pub(crate) fn run_untimed(&mut self, targets: Mask) {
+        self.exchange(targets);
+    }
+
+    /// The four steps.
+    #[inline]
+    fn exchange(&mut self, targets: Mask) {
         if self.nodes.len() == 1 && targets & 1 != 0 {
             return self.run_one();
         }
@@ -197,11 +211,10 @@ impl<'q> Round<'q> {
         if !redos.is_empty() {
             self.second_chance(&redos, deadline);
         }
-        self.tally.end = Instant::now();
     }
 
-    /// [`run`](Self::run) on a quorum of one node: the same four steps
-    /// and rules, without the loops over nodes.
+    /// The four steps on a quorum of one node, by the same rules, without
+    /// the loops over nodes.
     fn run_one(&mut self) {
         let checkout = match self
             .op
@@ -219,7 +232,6 @@ impl<'q> Round<'q> {
             Err(failure) => {
                 note_fail(self.nodes, &mut self.tally, 0, failure);
                 self.slots.push(None);
-                self.tally.end = Instant::now();
                 return;
             }
         };
@@ -244,7 +256,6 @@ impl<'q> Round<'q> {
         if !redos.is_empty() {
             self.second_chance(&redos, deadline);
         }
-        self.tally.end = Instant::now();
     }
 
     /// Step 1: a connection from every target node, its request encoded;
