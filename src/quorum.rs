@@ -321,6 +321,7 @@ impl Quorum {
 
     /// When a TTL set by a round that started at `start` stops protecting
     /// us: `ttl` after the first write, less the drift allowance.
+    #[inline]
     fn valid_until(&self, start: Instant, ttl: Duration) -> Instant {
         start + ttl.saturating_sub(self.drift(ttl))
     }

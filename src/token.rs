@@ -33,6 +33,7 @@ pub(crate) struct Token([u8; TOKEN_LEN]);
 
 impl Token {
     /// A fresh token from the OS CSPRNG.
+    #[inline]
     pub(crate) fn random() -> Result<Token, getrandom::Error> {
         let mut raw = [0u8; RANDOM_BYTES];
         getrandom::fill(&mut raw)?;
