@@ -347,6 +347,7 @@ impl Lock {
     /// expired or been taken by another owner, whose lock is left alone. An
     /// error means too few nodes answered to tell; the lock then expires by
     /// its TTL.
+    #[inline]
     pub fn release(mut self) -> Result<bool> {
         match self.finish() {
             Some(released) => released,

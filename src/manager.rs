@@ -296,6 +296,7 @@ impl LockManager {
     ///
     /// `ttl` is rounded down to whole milliseconds; it must leave room for
     /// the clock-drift allowance and stay within the configured maximum.
+    #[inline]
     pub fn try_lock(&self, key: impl AsRef<[u8]>, ttl: Duration) -> Result<Option<Lock>> {
         let key = key.as_ref();
         let ttl = self.check(key, ttl)?;
