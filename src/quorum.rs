@@ -336,7 +336,7 @@ impl Quorum {
 
     /// One acquisition attempt. On anything but success, whatever it may
     /// have written is released on every node that did not answer "held".
-#[inline]
+    #[inline]
     pub(crate) fn acquire(
         &self,
         key: &[u8],
