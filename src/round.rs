@@ -389,6 +389,7 @@ impl<'q> Round<'q> {
     /// What node `i`'s answer means: its vote in the tally, a second
     /// chance owed (`stale`: its pooled connection had been closed by the
     /// server), or its failure.
+    #[inline(always)]
     fn judge(&mut self, i: usize, outcome: Result<Vote, Failure>, stale: bool, redos: &mut Redos) {
         match outcome {
             Ok(Vote::Yes) => self.tally.yes |= 1 << i,

@@ -507,7 +507,7 @@ impl<'a> Op<'a> {
     }
 
     /// Reads a node's reply as a vote, or as the reason it is not one.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn interpret(self, reply: Reply<'_>) -> Result<Vote, Failure> {
         match (self, reply) {
             (_, Reply::Error(text)) => Err(Failure::from_server(text)),
