@@ -382,6 +382,7 @@ pub(crate) fn encode_auth(buf: &mut BytesMut, endpoint: &Endpoint) -> bool {
 /// One `read` into the buffer's free space; end of stream is a failure.
 /// An interrupted read (a signal, or TLS with part of a record) reads
 /// nothing: the caller tries again with the time it has left.
+#[inline(always)]
 fn read_into(stream: &mut Stream, rbuf: &mut ReadBuf) -> Result<(), Failure> {
     let spare = rbuf.spare()?;
     let n = match stream.read(spare) {
