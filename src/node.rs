@@ -190,7 +190,31 @@ impl Node {
     /// it failed recently: then this returns [`Failure::Down`]); else the
     /// first one returned within the pool wait. Never waits for a sick
     /// node's pool, nor, for [`Take::Fresh`], for any pool.
+    #[inline]
     pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
+        // The common case first, small enough to inline: a healthy node
+        // with an idle connection. Anything else takes the full path, which
+        // looks at everything again.
+        if take == Take::Pooled {
+            let mut state = self.state.lock();
+            if state.down_until.is_none() {
+                let epoch = self.sync_epoch(&mut state);
+                if let Some(conn) = state.idle.pop() {
+                    return Ok(Checkout {
+                        node: self,
+                        conn: Some(conn),
+                        slow: false,
+                        epoch,
+                    });
+                }
+            }
+        }
+        self.checkout_slow(take)
+    }
+
+    /// [`checkout`](Self::checkout), every case.
+    #[inline(never)]
+    fn checkout_slow(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
         let epoch = self.sync_epoch(&mut state);
         if let Take::Fresh { .. } = take {
