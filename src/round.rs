@@ -130,6 +130,8 @@ impl Tally {
 pub(crate) struct Round<'q> {
     nodes: &'q [Arc<Node>],
     op: Op<'q>,
+    /// Whether `op` can grant (see [`may_vote`](Self::may_vote)), asked once.
+    grants: bool,
     key: &'q [u8],
     token: &'q Token,
     io_timeout: Duration,
@@ -167,6 +169,7 @@ impl<'q> Round<'q> {
         Round {
             nodes,
             op,
+            grants: op.grants(),
             key,
             token,
             io_timeout,
@@ -216,12 +219,7 @@ impl<'q> Round<'q> {
     /// The four steps on a quorum of one node, by the same rules, without
     /// the loops over nodes.
     fn run_one(&mut self) {
-        let checkout = match self
-            .op
-            .grants()
-            .then(|| self.nodes[0].quarantined())
-            .flatten()
-        {
+        let checkout = match self.grants.then(|| self.nodes[0].quarantined()).flatten() {
             Some(left) => Err(Failure::Quarantined(left)),
             None => self.nodes[0]
                 .checkout(Take::Pooled)
@@ -270,7 +268,7 @@ impl<'q> Round<'q> {
                 // Quarantine is looked at before (a quarantined node costs
                 // no checkout) and once the connection is in hand: opening
                 // one may be how the node learns of a restart.
-                let checkout = match self.op.grants().then(|| node.quarantined()).flatten() {
+                let checkout = match self.grants.then(|| node.quarantined()).flatten() {
                     Some(left) => Err(Failure::Quarantined(left)),
                     None => node
                         .checkout(Take::Pooled)
@@ -314,7 +312,7 @@ impl<'q> Round<'q> {
     /// then the node takes no part, and the majority needed is unchanged.
     #[inline]
     fn may_vote<'c>(&self, conn: Checkout<'c>) -> Result<Checkout<'c>, Failure> {
-        if self.op.grants()
+        if self.grants
             && let Some(left) = conn.node_quarantined()
         {
             return Err(Failure::Quarantined(left));
@@ -590,6 +588,7 @@ impl<'q> Round<'q> {
             }
         }
         self.op = self.op.undo();
+        self.grants = self.op.grants();
         let now = Instant::now();
         let tally = std::mem::replace(&mut self.tally, Tally::new(now));
         self.gather(
