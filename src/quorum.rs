@@ -323,7 +323,7 @@ impl Quorum {
     /// us: `ttl` after the first write, less the drift allowance.
     #[inline]
     fn valid_until(&self, start: Instant, ttl: Duration) -> Instant {
-        start + ttl.saturating_sub(self.drift(ttl))
+        start + validity(self.drift_ppb, ttl)
     }
 
     /// A round of `op` over the nodes, not yet run. (Rounds are built
@@ -697,7 +697,25 @@ fn check_distinct(endpoints: &[Endpoint]) -> Result<(), Error> {
 /// A TTL in whole milliseconds, as `PX`/`PEXPIRE` take it. Callers have
 /// validated it (at least 1 ms, at most the configured cap).
 pub(crate) fn millis(ttl: Duration) -> u64 {
-    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
+    // `as_millis` in 64 bits (it computes in 128): the same value, or
+    // `u64::MAX` where that would not fit.
+    ttl.as_secs()
+        .saturating_mul(1_000)
+        .saturating_add(u64::from(ttl.subsec_millis()))
+}
+
+/// `ttl` less its drift allowance ([`drift`]), zero if nothing is left: what
+/// a grant at `start` protects until `start + validity`. In 64-bit
+/// nanoseconds on the hot path, where `Duration` arithmetic normalises at
+/// every step; exact below 584 years (TTLs stop at 365 days).
+fn validity(drift_ppb: u64, ttl: Duration) -> Duration {
+    let ttl_ns = ttl
+        .as_secs()
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::from(ttl.subsec_nanos()));
+    let drift_ns = (millis(ttl).saturating_mul(drift_ppb) / 1_000)
+        .saturating_add(DRIFT_FIXED.as_nanos() as u64);
+    Duration::from_nanos(ttl_ns.saturating_sub(drift_ns))
 }
 
 #[cfg(test)]
@@ -734,6 +752,31 @@ mod tests {
             q.drift(Duration::from_millis(100)),
             Duration::from_millis(3)
         );
+    }
+
+    /// The 64-bit shortcuts give what `Duration` arithmetic gives, for
+    /// TTLs from a millisecond to the 365-day cap, whole or not, at drift
+    /// factors from 0 to just under 0.5.
+    #[test]
+    fn validity_and_millis_match_duration_arithmetic() {
+        let mut ttls: Vec<Duration> = (0..2_000).map(Duration::from_micros).collect();
+        ttls.extend((0..40).map(|p| Duration::from_nanos(1_000_003u64 << p)));
+        ttls.extend([
+            Duration::from_secs(365 * 86_400),
+            Duration::from_secs(60),
+            Duration::new(7, 999_999_999),
+        ]);
+        for ppb in [0, 1, 10_000_000, 123_456_789, 499_999_999] {
+            for &ttl in &ttls {
+                assert_eq!(
+                    validity(ppb, ttl),
+                    ttl.saturating_sub(drift(ppb, ttl)),
+                    "{ttl:?} at {ppb} ppb"
+                );
+                assert_eq!(u128::from(millis(ttl)), ttl.as_millis(), "{ttl:?}");
+            }
+        }
+        assert_eq!(millis(Duration::MAX), u64::MAX);
     }
 
     #[test]
