@@ -195,6 +195,7 @@ impl<'q> Round<'q> {
     /// clock, and stays its `start`.
     pub(crate) fn run_untimed(&mut self, targets: Mask) {
         self.exchange(targets);
+        self.tally.end = self.tally.start;
     }
 
     /// The four steps.
