@@ -221,7 +221,7 @@ impl Conn {
     }
 
     /// Writes the write buffer, holding `commands` commands, in one call.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn send_many(&mut self, commands: u32) -> Result<(), Failure> {
         self.got_reply_bytes = false;
         let result = self.stream.write_all(&self.wbuf);

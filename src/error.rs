@@ -369,17 +369,50 @@ impl std::error::Error for Error {
 /// Longest server error text kept per node failure; longer text is cut.
 pub(crate) const SERVER_TEXT_MAX: usize = 120;
 
-/// A server's error message, cut to [`SERVER_TEXT_MAX`] bytes. Boxed, so
-/// that [`Failure`] stays small: every reply's result is moved through the
-/// hot path, and a failure's size is its size. Error replies are the one
-/// failure that allocates (once each); timeouts, I/O errors, a node in its
-/// backoff or an exhausted pool do not.
+/// A server's error message, cut to [`SERVER_TEXT_MAX`] bytes. Shared, so
+/// that [`Failure`] stays small (every reply's result is moved through the
+/// hot path, and a failure's size is its size), and interned per thread, so
+/// that a node that keeps answering with the same error (`OOM` while the
+/// others grant, `READONLY` until a failover ends) allocates for its text
+/// once, not on every lock: see [`ServerText::new`].
 #[derive(Clone)]
-pub(crate) struct ServerText(Box<[u8]>);
+pub(crate) struct ServerText(Arc<[u8]>);
+
+/// How many recent error texts each thread keeps for reuse: one per sick
+/// node of a 5-node quorum, each with its own steady complaint.
+const RECENT_TEXTS: usize = 5;
+
+thread_local! {
+    /// The error texts this thread saw last, newest first.
+    static RECENT: std::cell::RefCell<[Option<Arc<[u8]>>; RECENT_TEXTS]> =
+        const { std::cell::RefCell::new([const { None }; RECENT_TEXTS]) };
+}
 
 impl ServerText {
+    /// The text of an error reply: the same text seen recently on this
+    /// thread is shared (no allocation), a new one is allocated once and
+    /// remembered in place of the oldest.
     pub(crate) fn new(text: &[u8]) -> ServerText {
-        ServerText(text[..text.len().min(SERVER_TEXT_MAX)].into())
+        let text = &text[..text.len().min(SERVER_TEXT_MAX)];
+        let intern = |recent: &mut [Option<Arc<[u8]>>; RECENT_TEXTS]| {
+            let found = recent.iter().position(|seen| seen.as_deref() == Some(text));
+            let shared = match found {
+                Some(i) => recent[i].clone().expect("found"),
+                None => Arc::from(text),
+            };
+            // Newest first: what is seen again stays, the oldest goes.
+            let end = found.unwrap_or(RECENT_TEXTS - 1);
+            recent[..=end].rotate_right(1);
+            recent[0] = Some(Arc::clone(&shared));
+            shared
+        };
+        // A thread being torn down (its locals gone) still gets its text.
+        let shared = RECENT
+            .try_with(|recent| recent.try_borrow_mut().ok().map(|mut r| intern(&mut r)))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Arc::from(text));
+        ServerText(shared)
     }
 
     pub(crate) fn as_bytes(&self) -> &[u8] {
@@ -400,6 +433,14 @@ impl ServerText {
     }
 }
 
+/// The text, with anything not UTF-8 replaced (borrowed, not copied, when
+/// it is UTF-8 already).
+impl fmt::Display for ServerText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
 impl fmt::Debug for ServerText {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:?}", String::from_utf8_lossy(self.as_bytes()))
@@ -407,9 +448,10 @@ impl fmt::Debug for ServerText {
 }
 
 /// What went wrong on one node during one operation. Kept small (three
-/// words) and, but for a server's error text, allocation-free: a quorum
-/// with a node down or hung does not allocate on every lock just to record
-/// the sickness.
+/// words) and allocation-free in steady state (a server's error text is
+/// allocated once per new text, see [`ServerText`]): a quorum with a node
+/// down, hung or answering errors does not allocate on every lock just to
+/// record the sickness.
 #[derive(Debug)]
 pub(crate) enum Failure {
     /// The socket failed.
@@ -480,23 +522,6 @@ impl Failure {
         }
     }
 
-    /// What went wrong, in words, without the node's name (for `status()`).
-    pub(crate) fn describe(&self) -> String {
-        match self {
-            Failure::Io(e) => format!("i/o error: {e}"),
-            Failure::Timeout => "timed out".into(),
-            Failure::Closed => "connection closed by the server".into(),
-            Failure::Protocol(detail) => format!("protocol error: {detail}"),
-            Failure::Server(text) => format!("server error: {}", text.to_boxed_str()),
-            Failure::Auth(text) => format!("authentication failed: {}", text.to_boxed_str()),
-            Failure::Down => "node down".into(),
-            Failure::PoolTimeout(waited) => format!("pool exhausted for {waited:?}"),
-            Failure::Quarantined(left) => format!("quarantined for {left:?} more"),
-            #[cfg(feature = "tls")]
-            Failure::Tls(message) => format!("tls: {message}"),
-        }
-    }
-
     /// The public error, naming the node.
     pub(crate) fn into_error(self, node: &Arc<str>) -> Error {
         let node = Arc::clone(node);
@@ -524,6 +549,27 @@ impl Failure {
             Failure::Quarantined(remaining) => Error::Quarantined { node, remaining },
             #[cfg(feature = "tls")]
             Failure::Tls(message) => Error::Tls { node, message },
+        }
+    }
+}
+
+/// What went wrong, in words, without the node's name (for `status()`).
+/// Writing it allocates nothing of its own but for an I/O error's text, so a
+/// node can keep its latest failure in a reused string.
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Io(e) => write!(f, "i/o error: {e}"),
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Closed => f.write_str("connection closed by the server"),
+            Failure::Protocol(detail) => write!(f, "protocol error: {detail}"),
+            Failure::Server(text) => write!(f, "server error: {text}"),
+            Failure::Auth(text) => write!(f, "authentication failed: {text}"),
+            Failure::Down => f.write_str("node down"),
+            Failure::PoolTimeout(waited) => write!(f, "pool exhausted for {waited:?}"),
+            Failure::Quarantined(left) => write!(f, "quarantined for {left:?} more"),
+            #[cfg(feature = "tls")]
+            Failure::Tls(message) => write!(f, "tls: {message}"),
         }
     }
 }
@@ -592,6 +638,43 @@ mod tests {
         let long = [b'x'; 500];
         assert_eq!(ServerText::new(&long).as_bytes().len(), SERVER_TEXT_MAX);
         assert_eq!(ServerText::new(b"BUSY").as_bytes(), b"BUSY");
+    }
+
+    /// A text seen again on the same thread is shared, not copied; the
+    /// last [`RECENT_TEXTS`] texts are kept, newest first, and a text seen
+    /// again is kept longer.
+    #[test]
+    fn server_texts_are_interned_per_thread() {
+        let same = |a: &ServerText, b: &ServerText| Arc::ptr_eq(&a.0, &b.0);
+        let texts: Vec<Vec<u8>> = (0..=RECENT_TEXTS)
+            .map(|i| format!("OOM number {i}").into_bytes())
+            .collect();
+        let first = ServerText::new(&texts[0]);
+        assert!(same(&first, &ServerText::new(&texts[0])));
+        assert_eq!(first.as_bytes(), &texts[0][..]);
+        // Fill the rest of the cache, seeing the first again halfway.
+        let second = ServerText::new(&texts[1]);
+        for text in &texts[2..RECENT_TEXTS - 1] {
+            ServerText::new(text);
+        }
+        assert!(same(&first, &ServerText::new(&texts[0])));
+        ServerText::new(&texts[RECENT_TEXTS - 1]);
+        ServerText::new(&texts[RECENT_TEXTS]);
+        // The first was seen lately, so it stays; the second was the oldest.
+        assert!(same(&first, &ServerText::new(&texts[0])));
+        assert!(!same(&second, &ServerText::new(&texts[1])));
+        // Another thread has its own.
+        let elsewhere = std::thread::spawn(|| ServerText::new(b"OOM number 0"))
+            .join()
+            .unwrap();
+        assert!(!same(&first, &elsewhere));
+        assert_eq!(first.as_bytes(), elsewhere.as_bytes());
+        // Cut texts are interned by what is kept.
+        let long = [b'y'; 300];
+        assert!(same(
+            &ServerText::new(&long),
+            &ServerText::new(&long[..200])
+        ));
     }
 
     /// The texts Redis 7.0 sends, each classified as a lock needs it.

@@ -48,6 +48,7 @@ pub struct Lock {
 }
 
 impl Lock {
+    #[inline]
     pub(crate) fn new(
         manager: LockManager,
         key: &[u8],

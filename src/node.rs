@@ -23,7 +23,7 @@
 //! *quarantined* until then. A quarantined node is healthy; it just grants
 //! no new lock (see `Quorum::acquire`).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -89,8 +89,7 @@ pub(crate) struct Node {
     /// announced; connections opened before the latest are closed.
     watch: Option<Watch>,
     /// The latest failure, described, and when: for `status()`. Noted at
-    /// most once a second, so that a failing node does not allocate on
-    /// every operation.
+    /// most once a second, in a reused string.
     last_error: Mutex<Option<(Instant, String)>>,
     /// Its failures and health as metrics (feature `metrics`).
     observe: NodeObserve,
@@ -452,7 +451,12 @@ impl Node {
         {
             return;
         }
-        *last = Some((now, failure.describe()));
+        // The string is reused: a node failing the same way for hours
+        // allocates for its description once.
+        let mut text = last.take().map(|(_, text)| text).unwrap_or_default();
+        text.clear();
+        let _ = write!(text, "{failure}");
+        *last = Some((now, text));
     }
 
     /// Its health for `status()`, without a round trip.

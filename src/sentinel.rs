@@ -257,7 +257,7 @@ fn watch(epoch: &Weak<AtomicU64>, sentinels: &Sentinels, timeouts: Timeouts) {
                         log::warn!(
                             "redlease: sentinel {} refused +switch-master ({}); failovers are seen later, by READONLY or lost connections",
                             sentinel.name(),
-                            ended.describe()
+                            ended
                         );
                     }
                     pause = Duration::from_secs(5);

@@ -33,13 +33,14 @@ pub(crate) struct Token([u8; TOKEN_LEN]);
 
 impl Token {
     /// A fresh token from the OS CSPRNG.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn random() -> Result<Token, getrandom::Error> {
         let mut raw = [0u8; RANDOM_BYTES];
         getrandom::fill(&mut raw)?;
         Ok(Token::from_random(raw))
     }
 
+    #[inline]
     fn from_random(raw: [u8; RANDOM_BYTES]) -> Token {
         let mut hex = [0u8; TOKEN_LEN];
         for (pair, byte) in hex.chunks_exact_mut(2).zip(raw) {

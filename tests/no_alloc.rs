@@ -327,6 +327,62 @@ fn cluster_cycles_do_not_allocate() {
     );
 }
 
+/// Sick nodes that answer with error replies, in a quorum that still
+/// grants: one out of memory (`-OOM` to every acquisition) and one turned
+/// replica (`-READONLY` to every write). Their texts are allocated once,
+/// then shared (see `ServerText`), and the nodes' latest-error strings are
+/// reused, so the lock cycles stay at zero. The test checks the nodes did
+/// refuse, so that it cannot pass by the errors going away.
+#[test]
+fn nodes_answering_errors_do_not_allocate() {
+    let servers = RedisServer::start_many(6);
+    let oom = &servers[3];
+    let _: () = oom.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    let _: () = oom.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
+    // A replica of a server outside the quorum: it refuses writes, and
+    // holds nothing of ours.
+    let replica = &servers[4];
+    let master_port = servers[5].port.to_string();
+    let _: () = replica.cmd(&[b"REPLICAOF", b"127.0.0.1", master_port.as_bytes()]);
+    let locks = support::manager(servers[..5].iter().map(RedisServer::url));
+    let held_by = |key: &[u8]| servers[..5].iter().filter(|s| s.get(key).is_some()).count();
+
+    let probe = locks
+        .try_lock(b"probe", TTL)
+        .expect("try_lock")
+        .expect("free");
+    assert_eq!(held_by(b"probe"), 3, "the sick nodes should have refused");
+    let status = locks.status();
+    let said = |i: usize, what: &str| {
+        status.nodes[i]
+            .last_error
+            .as_ref()
+            .is_some_and(|(text, _)| text.contains(what))
+    };
+    assert!(said(3, "OOM") && said(4, "READONLY"), "{status:?}");
+    drop(probe);
+
+    let mut results = vec![per_cycle(
+        "try_lock + release, 2 of 5 answering errors",
+        || {
+            let lock = locks.try_lock(b"k", TTL).expect("try_lock").expect("free");
+            assert!(lock.release().expect("release"));
+        },
+    )];
+    let mut lock = locks
+        .try_lock(b"held", TTL)
+        .expect("try_lock")
+        .expect("free");
+    results.push(per_cycle("extend, 2 of 5 answering errors", || {
+        lock.extend(TTL).expect("extend");
+    }));
+    assert!(lock.release().expect("release"));
+    assert!(
+        results.iter().all(|&n| n == 0),
+        "error replies allocated: {results:?}"
+    );
+}
+
 /// The counter does see allocations: a test of the test.
 #[test]
 fn the_counter_counts() {
