@@ -14,7 +14,7 @@
 //! type expectations. The pool only asks [`Conn::is_clean`].
 
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -66,6 +66,10 @@ pub(crate) struct Conn {
     reused: bool,
     /// Whether any reply byte arrived since the last request was sent.
     got_reply_bytes: bool,
+    /// Time left until the reply deadline, as the sender knew it, while
+    /// nothing has waited since: set by a send that went out at once, taken
+    /// by the next read (see [`send_with_time_left`](Self::send_with_time_left)).
+    left_at_send: Option<Duration>,
     /// Replies the server owes us: requests sent minus replies read. Only
     /// a connection that owes nothing goes back to the pool.
     owed: u32,
@@ -98,6 +102,7 @@ impl Conn {
             broken: false,
             reused: false,
             got_reply_bytes: false,
+            left_at_send: None,
             owed: 0,
             uptime: None,
             run_id: None,
@@ -223,15 +228,41 @@ impl Conn {
     /// Writes the write buffer, holding `commands` commands, in one call.
     #[inline(always)]
     pub(crate) fn send_many(&mut self, commands: u32) -> Result<(), Failure> {
+        self.send_timed(commands, None)
+    }
+
+    /// [`send_many`](Self::send_many) for a caller that read the clock
+    /// after anything that could wait (a checkout) and before encoding this
+    /// request, and has `left` from that reading until its reply deadline.
+    /// If the write goes out without waiting, nothing between that reading
+    /// and the reply's first read could wait, so that read takes `left` as
+    /// the time remaining, with no clock reading of its own (two fewer per
+    /// lock cycle). Like any reading, it is late by what the CPU spends
+    /// between it and the read, nothing more.
+    #[inline(always)]
+    pub(crate) fn send_with_time_left(
+        &mut self,
+        commands: u32,
+        left: Duration,
+    ) -> Result<(), Failure> {
+        self.send_timed(commands, Some(left))
+    }
+
+    #[inline(always)]
+    fn send_timed(&mut self, commands: u32, left: Option<Duration>) -> Result<(), Failure> {
         self.got_reply_bytes = false;
-        let result = self.stream.write_all(&self.wbuf);
+        let result = self.stream.send_request(&self.wbuf);
         self.wbuf.clear();
         match result {
-            Ok(()) => {
+            Ok(at_once) => {
                 self.owed += commands;
+                self.left_at_send = left.filter(|_| at_once);
                 Ok(())
             }
-            Err(e) => Err(self.fail(e.into())),
+            Err(e) => {
+                self.left_at_send = None;
+                Err(self.fail(e.into()))
+            }
         }
     }
 
@@ -317,7 +348,13 @@ impl Conn {
 
     /// Reads more bytes into the buffer.
     fn fill(&mut self, deadline: Instant) -> Result<(), Failure> {
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        // The first read after a send that did not wait may use the time
+        // left the caller gave with it (see `send_with_time_left`); every
+        // later read reads the clock.
+        let remaining = match self.left_at_send.take() {
+            Some(left) => left,
+            None => deadline.saturating_duration_since(Instant::now()),
+        };
         if remaining.is_zero() {
             self.stream.set_nonblocking(true)?;
             let result = read_into(&mut self.stream, &mut self.rbuf);
@@ -492,6 +529,96 @@ impl Handshake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    const IO: Duration = Duration::from_millis(300);
+
+    /// A connection to a listener that never answers, with no handshake;
+    /// socket buffers small enough that a request of a megabyte must wait
+    /// for the peer to read. The peer waits `read_after`, then reads `expect`
+    /// bytes, then stays silent a while.
+    fn silent_peer(read_after: Duration, expect: usize) -> (Conn, std::thread::JoinHandle<()>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let tcp = TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (mut peer, _) = listener.accept().expect("accept");
+        socket2::SockRef::from(&tcp)
+            .set_send_buffer_size(4096)
+            .expect("sndbuf");
+        socket2::SockRef::from(&peer)
+            .set_recv_buffer_size(64 * 1024)
+            .expect("rcvbuf");
+        tcp.set_read_timeout(Some(IO)).expect("timeout");
+        tcp.set_write_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let handle = std::thread::spawn(move || {
+            std::thread::sleep(read_after);
+            let mut sink = vec![0u8; 64 * 1024];
+            let mut got = 0;
+            while got < expect {
+                match peer.read(&mut sink) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => got += n,
+                }
+            }
+            std::thread::sleep(IO * 3);
+        });
+        let conn = Conn {
+            stream: Stream::Tcp(tcp),
+            wbuf: BytesMut::with_capacity(WRITE_CAPACITY),
+            rbuf: ReadBuf::new(),
+            read_timeout: IO,
+            broken: false,
+            reused: false,
+            got_reply_bytes: false,
+            left_at_send: None,
+            owed: 0,
+            uptime: None,
+            run_id: None,
+        };
+        (conn, handle)
+    }
+
+    /// Sends `len` bytes with `left` as the time left, then waits for a
+    /// reply that never comes, against a deadline of [`IO`] from the
+    /// start; returns how long until the timeout.
+    fn time_out(conn: &mut Conn, len: usize, left: Duration) -> Duration {
+        let start = Instant::now();
+        let deadline = start + IO;
+        conn.request().extend_from_slice(&vec![b'x'; len]);
+        conn.send_with_time_left(1, left).expect("send");
+        let reply = conn.recv_latest(deadline, |_| Ok::<(), Failure>(()));
+        assert!(matches!(reply, Err(Failure::Timeout)), "{reply:?}");
+        start.elapsed()
+    }
+
+    /// A request that goes out at once: the reply's first read takes the
+    /// time left the sender gave, and reads no clock (given 100 ms of a
+    /// 300 ms deadline, it gives up near 100 ms).
+    #[test]
+    fn a_send_at_once_hands_its_time_left_to_the_read() {
+        let (mut conn, peer) = silent_peer(Duration::ZERO, 64);
+        let waited = time_out(&mut conn, 64, IO / 3);
+        assert!(
+            waited >= IO / 3 && waited < IO - IO / 6,
+            "waited {waited:?}"
+        );
+        peer.join().expect("peer");
+    }
+
+    /// A request that had to wait for the peer (200 ms here) leaves the
+    /// read to read the clock: the whole exchange still ends at its 300 ms
+    /// deadline, not 300 ms after the write.
+    #[test]
+    fn a_send_that_waited_leaves_the_read_to_the_clock() {
+        let len = 1 << 20;
+        let (mut conn, peer) = silent_peer(IO * 2 / 3, len);
+        let waited = time_out(&mut conn, len, IO);
+        assert!(
+            waited >= IO * 2 / 3 && waited < IO + IO / 3,
+            "waited {waited:?}: the read should have ended at the deadline"
+        );
+        peer.join().expect("peer");
+    }
 
     #[test]
     fn server_info_fields() {

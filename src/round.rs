@@ -240,7 +240,11 @@ impl<'q> Round<'q> {
         let deadline = self.tally.start + self.io_timeout;
         self.put(&mut conn, self.op, self.token, Form::Sha);
         let mut redos = Redos::new();
-        match self.send(&mut conn) {
+        // `start` was read after the checkout (before it if that took no
+        // real time: no connect, no wait for the pool) and nothing since
+        // can wait but the write, so the reply's first read may take the
+        // whole I/O timeout as the time left (see `send_with_time_left`).
+        match conn.send_with_time_left(1 + u32::from(self.asking), self.io_timeout) {
             Ok(()) => {
                 self.tally.sent = 1;
                 let op = self.op;

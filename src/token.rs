@@ -27,6 +27,23 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
     table
 };
 
+/// Fills `raw` from the kernel's CSPRNG. On Linux the `getrandom` system
+/// call is made by rustix, straight: glibc's wrapper is a cancellation
+/// point in a threaded process, which doubled its cost. Anything short of
+/// a whole fill the first time (a kernel without the call, a signal) goes
+/// to the getrandom crate, which handles every case (and every other
+/// system).
+#[inline(always)]
+fn fill(raw: &mut [u8; RANDOM_BYTES]) -> Result<(), getrandom::Error> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Ok(got) = rustix::rand::getrandom(&mut raw[..], rustix::rand::GetRandomFlags::empty())
+        && got == RANDOM_BYTES
+    {
+        return Ok(());
+    }
+    getrandom::fill(raw)
+}
+
 /// A lock token as sent to Redis: ASCII hex, so it reads well in `redis-cli`.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Token([u8; TOKEN_LEN]);
@@ -36,7 +53,7 @@ impl Token {
     #[inline(always)]
     pub(crate) fn random() -> Result<Token, getrandom::Error> {
         let mut raw = [0u8; RANDOM_BYTES];
-        getrandom::fill(&mut raw)?;
+        fill(&mut raw)?;
         Ok(Token::from_random(raw))
     }
 
