@@ -24,7 +24,7 @@ use crate::endpoint::Endpoint;
 use crate::error::{Failure, ServerError, ServerText};
 use crate::resp::{self, ReadBuf, Reply};
 use crate::script::{self, SCRIPTS};
-use crate::time;
+use crate::time::{self, Deadline};
 use crate::transport::Stream;
 
 /// Write buffer capacity reserved at connect: fits every lock command for
@@ -157,7 +157,7 @@ impl Conn {
             return Err(self.fail(sent.unwrap_err()));
         }
 
-        let deadline = time::deadline_in(io_timeout);
+        let deadline = time::deadline_in(io_timeout).into();
         let mut expected: SmallVec<[Handshake; 8]> = SmallVec::new();
         if endpoint.password.is_some() {
             expected.push(Handshake::Ok);
@@ -270,7 +270,7 @@ impl Conn {
     #[inline]
     pub(crate) fn recv_next_with<T>(
         &mut self,
-        deadline: Instant,
+        deadline: Deadline,
         mut read: impl FnMut(Reply<'_>) -> T,
     ) -> Result<T, Failure> {
         self.recv_next_raw(deadline, |reply, _| read(reply))
@@ -281,7 +281,7 @@ impl Conn {
     #[inline]
     fn recv_next_raw<T>(
         &mut self,
-        deadline: Instant,
+        deadline: Deadline,
         mut read: impl FnMut(Reply<'_>, &[u8]) -> T,
     ) -> Result<T, Failure> {
         loop {
@@ -306,7 +306,7 @@ impl Conn {
     #[inline(always)]
     fn recv_latest_with<T>(
         &mut self,
-        deadline: Instant,
+        deadline: Deadline,
         read: impl FnMut(Reply<'_>) -> T,
     ) -> Result<T, Failure> {
         while self.owed > 1 {
@@ -322,7 +322,7 @@ impl Conn {
     #[inline(always)]
     pub(crate) fn recv_latest<T>(
         &mut self,
-        deadline: Instant,
+        deadline: Deadline,
         interpret: impl FnMut(Reply<'_>) -> Result<T, Failure>,
     ) -> Result<Result<T, Failure>, Failure> {
         let reply = self.recv_latest_with(deadline, interpret)?;
@@ -347,13 +347,13 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer.
-    fn fill(&mut self, deadline: Instant) -> Result<(), Failure> {
+    fn fill(&mut self, deadline: Deadline) -> Result<(), Failure> {
         // The first read after a send that did not wait may use the time
         // left the caller gave with it (see `send_with_time_left`); every
         // later read reads the clock.
         let remaining = match self.left_at_send.take() {
             Some(left) => left,
-            None => deadline.saturating_duration_since(Instant::now()),
+            None => deadline.at().saturating_duration_since(Instant::now()),
         };
         if remaining.is_zero() {
             self.stream.set_nonblocking(true)?;
@@ -586,7 +586,7 @@ mod tests {
         let deadline = start + IO;
         conn.request().extend_from_slice(&vec![b'x'; len]);
         conn.send_with_time_left(1, left).expect("send");
-        let reply = conn.recv_latest(deadline, |_| Ok::<(), Failure>(()));
+        let reply = conn.recv_latest(deadline.into(), |_| Ok::<(), Failure>(()));
         assert!(matches!(reply, Err(Failure::Timeout)), "{reply:?}");
         start.elapsed()
     }

@@ -39,7 +39,7 @@ use crate::observe::NodeObserve;
 use crate::resp::Reply;
 use crate::sentinel::Watch;
 use crate::status::NodeStatus;
-use crate::time;
+use crate::time::{self, Deadline};
 
 /// First reconnect backoff after a failure.
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -664,7 +664,7 @@ impl Checkout<'_> {
     #[inline]
     pub(crate) fn recv<T>(
         &mut self,
-        deadline: Instant,
+        deadline: Deadline,
         had_time: bool,
         interpret: impl FnMut(Reply<'_>) -> Result<T, Failure>,
     ) -> Result<T, Failure> {

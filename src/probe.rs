@@ -43,7 +43,7 @@ pub(crate) fn round_trip(node: &Arc<Node>) -> Option<std::time::Duration> {
     conn.send().ok()?;
     let deadline = time::deadline_in(node.io_timeout());
     // `had_time` false: a slow PING here is no reason to mark it down.
-    conn.recv(deadline, false, |reply| match reply {
+    conn.recv(deadline.into(), false, |reply| match reply {
         Reply::Simple(b"PONG") => Ok(()),
         Reply::Error(text) => Err(Failure::from_server(text)),
         _ => Err(Failure::Protocol("unexpected reply to PING")),
@@ -104,7 +104,7 @@ pub(crate) fn permissions(node: &Arc<Node>, wait: bool, tag: Option<&[u8]>) -> R
     let mut first_text = None;
     for what in probed {
         let refused = conn
-            .recv_next_with(deadline, |reply| match reply {
+            .recv_next_with(deadline.into(), |reply| match reply {
                 Reply::Error(text) => Some(ServerText::new(text)),
                 _ => None,
             })

@@ -35,7 +35,7 @@ use crate::error::{Failure, ServerError};
 use crate::node::{Checkout, Node, Take};
 use crate::resp;
 use crate::script::{Form, Op, Vote};
-use crate::time;
+use crate::time::{self, Deadline};
 use crate::token::Token;
 
 /// A set of nodes: bit `i` is node `i`.
@@ -207,8 +207,8 @@ impl<'q> Round<'q> {
         if self.check_out(targets) {
             self.tally.start = Instant::now();
         }
-        // Cannot overflow: the quorum caps its I/O timeout (`time::FAR`).
-        let deadline = self.tally.start + self.io_timeout;
+        // The quorum caps its I/O timeout (`time::FAR`).
+        let deadline = Deadline::new(self.tally.start, self.io_timeout);
         let mut redos = Redos::new();
         let pending = self.scatter(&mut redos);
         self.gather(pending, deadline, true, &mut redos);
@@ -237,7 +237,7 @@ impl<'q> Round<'q> {
         if conn.slow {
             self.tally.start = Instant::now();
         }
-        let deadline = self.tally.start + self.io_timeout;
+        let deadline = Deadline::new(self.tally.start, self.io_timeout);
         self.put(&mut conn, self.op, self.token, Form::Sha);
         let mut redos = Redos::new();
         // `start` was read after the checkout (before it if that took no
@@ -373,7 +373,7 @@ impl<'q> Round<'q> {
     /// `deadline`. A timeout counts against a node only if its request
     /// `had_time` to be answered. Nodes that could not answer through no
     /// fault of theirs go into `redos`.
-    fn gather(&mut self, pending: Mask, deadline: Instant, had_time: bool, redos: &mut Redos) {
+    fn gather(&mut self, pending: Mask, deadline: Deadline, had_time: bool, redos: &mut Redos) {
         for i in 0..self.slots.len() {
             if pending & (1 << i) == 0 {
                 continue;
@@ -437,7 +437,8 @@ impl<'q> Round<'q> {
     /// Step 4: sends again to the nodes in `redos`, then gathers their
     /// replies under the same deadline. Whatever asks for a third attempt
     /// is final.
-    fn second_chance(&mut self, redos: &Redos, deadline: Instant) {
+    fn second_chance(&mut self, redos: &Redos, deadline: Deadline) {
+        let at = deadline.at();
         let mut again = 0;
         for &(i, why) in redos {
             let sent = match why {
@@ -460,7 +461,7 @@ impl<'q> Round<'q> {
                     // (no time left is a timeout, not the node's fault).
                     self.slots[i] = None;
                     self.orphans |= 1 << i;
-                    let budget = deadline.saturating_duration_since(Instant::now());
+                    let budget = at.saturating_duration_since(Instant::now());
                     if budget < Duration::from_millis(1) {
                         Err(Failure::Timeout)
                     } else {
@@ -488,7 +489,7 @@ impl<'q> Round<'q> {
         self.tally.sent |= again;
         // Requests written this late may have had too little time for a
         // timeout to say anything about their node.
-        let had_time = deadline.saturating_duration_since(Instant::now()) >= self.io_timeout / 2;
+        let had_time = at.saturating_duration_since(Instant::now()) >= self.io_timeout / 2;
         let mut third = Redos::new();
         self.gather(again, deadline, had_time, &mut third);
         for (i, _) in third {
@@ -538,7 +539,7 @@ impl<'q> Round<'q> {
         let mut redos = Redos::new();
         self.gather(
             pending,
-            time::deadline(now, wait.saturating_add(self.io_timeout)),
+            time::deadline(now, wait.saturating_add(self.io_timeout)).into(),
             true,
             &mut redos,
         );
@@ -598,7 +599,7 @@ impl<'q> Round<'q> {
         let tally = std::mem::replace(&mut self.tally, Tally::new(now));
         self.gather(
             pending,
-            time::deadline(now, self.io_timeout),
+            time::deadline(now, self.io_timeout).into(),
             true,
             &mut Redos::new(),
         );

@@ -23,6 +23,42 @@ pub(crate) fn deadline_in(after: Duration) -> Instant {
     deadline(Instant::now(), after)
 }
 
+/// A reply deadline kept as its parts: when it was set from, and how long
+/// after. Adding them costs a few instructions per operation that most
+/// operations never need (their first read is told the time left, see
+/// `Conn::send_with_time_left`), so [`at`](Self::at) adds them only when
+/// asked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    from: Instant,
+    after: Duration,
+}
+
+impl Deadline {
+    /// `after` from `from`; `after` must be capped at [`FAR`] (the quorum
+    /// caps its I/O timeout), so that [`at`](Self::at) cannot overflow.
+    #[inline(always)]
+    pub(crate) fn new(from: Instant, after: Duration) -> Deadline {
+        debug_assert!(after <= FAR);
+        Deadline { from, after }
+    }
+
+    /// The deadline.
+    #[inline]
+    pub(crate) fn at(self) -> Instant {
+        self.from + self.after
+    }
+}
+
+impl From<Instant> for Deadline {
+    fn from(at: Instant) -> Deadline {
+        Deadline {
+            from: at,
+            after: Duration::ZERO,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,5 +72,9 @@ mod tests {
         );
         assert!(deadline(now, Duration::MAX) > now + Duration::from_secs(50 * 365 * 24 * 3600));
         assert!(deadline_in(Duration::MAX) > now);
+        let later = Deadline::new(now, Duration::from_millis(5));
+        assert_eq!(later.at(), now + Duration::from_millis(5));
+        assert_eq!(Deadline::from(now).at(), now);
+        assert_eq!(Deadline::new(now, FAR).at(), deadline(now, Duration::MAX));
     }
 }

@@ -785,7 +785,7 @@ fn ask_nodes(node: &Arc<Node>) -> Result<Vec<u8>, Failure> {
     resp::encode(conn.request(), &[b"CLUSTER", b"NODES"]);
     conn.send()?;
     let deadline = time::deadline_in(node.io_timeout());
-    conn.recv(deadline, true, |reply| match reply {
+    conn.recv(deadline.into(), true, |reply| match reply {
         Reply::Bulk(text) => Ok(text.to_vec()),
         Reply::Error(text) => Err(Failure::from_server(text)),
         _ => Err(Failure::Protocol("unexpected reply to CLUSTER NODES")),
