@@ -53,7 +53,7 @@ pub(crate) enum Parse<'a> {
 pub(crate) struct ProtocolError(pub(crate) &'static str);
 
 /// Tries to decode one reply from the front of `buf`.
-#[inline]
+#[inline(always)]
 pub(crate) fn parse(buf: &[u8]) -> Result<Parse<'_>, ProtocolError> {
     // The hot path's replies, recognised whole before the general decoder
     // (which gives the same: `fast_replies_agree_with_the_decoder`).
