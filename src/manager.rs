@@ -711,19 +711,30 @@ impl LockManager {
     }
 
     /// Validates a key and a TTL; returns the TTL in whole milliseconds.
+    #[inline]
     pub(crate) fn check(&self, key: &[u8], ttl: Duration) -> Result<Duration> {
-        self.check_key(key)?;
         let shared = &*self.shared;
-        if (shared.fencing || shared.fair)
-            && shared.route.is_cluster()
-            && !crate::cluster::companions_fit(key)
+        let key_fits = !key.is_empty() && key.len() <= shared.limits.max_key_len;
+        if !key_fits
+            || ((shared.fencing || shared.fair)
+                && shared.route.is_cluster()
+                && !crate::cluster::companions_fit(key))
         {
-            return Err(Error::invalid(format!(
-                "key {:?} has a '}}' but no hash tag, so its fence or queue keys cannot share its cluster slot: give it a hash tag ({{…}})",
-                key.escape_ascii().to_string()
-            )));
+            return Err(self.bad_key(key));
         }
         self.check_ttl(ttl)
+    }
+
+    /// Why [`check`](Self::check) refused `key`.
+    #[cold]
+    fn bad_key(&self, key: &[u8]) -> Error {
+        match self.check_key(key) {
+            Err(e) => e,
+            Ok(()) => Error::invalid(format!(
+                "key {:?} has a '}}' but no hash tag, so its fence or queue keys cannot share its cluster slot: give it a hash tag ({{…}})",
+                key.escape_ascii().to_string()
+            )),
+        }
     }
 
     /// Validates a key: not empty, within the manager's length cap.
