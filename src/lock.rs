@@ -363,6 +363,7 @@ impl Lock {
 
     /// The one way out: releases on every node unless that was done
     /// already (then `None`), and marks the guard done.
+    #[inline]
     fn finish(&mut self) -> Option<Result<bool>> {
         if self.done {
             return None;
