@@ -189,7 +189,7 @@ impl Node {
     /// it failed recently: then this returns [`Failure::Down`]); else the
     /// first one returned within the pool wait. Never waits for a sick
     /// node's pool, nor, for [`Take::Fresh`], for any pool.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         // The common case first, small enough to inline: a healthy node
         // with an idle connection. Anything else takes the full path, which
