@@ -75,7 +75,7 @@ impl Stream {
 
     /// Writes a whole request; says whether it went without waiting (on
     /// TLS, never said: its writes may wait inside rustls).
-    #[inline]
+    #[inline(always)]
     pub(crate) fn send_request(&mut self, buf: &[u8]) -> io::Result<bool> {
         match self {
             Stream::Tcp(s) => send_all(s.as_fd(), buf),
