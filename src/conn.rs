@@ -347,6 +347,7 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer.
+    #[inline(always)]
     fn fill(&mut self, deadline: Deadline) -> Result<(), Failure> {
         // The first read after a send that did not wait may use the time
         // left the caller gave with it (see `send_with_time_left`); every
