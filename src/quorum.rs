@@ -617,8 +617,8 @@ impl Quorum {
         let spare = self.nodes.len() - self.needed();
         for (j, &ttl) in ttls.iter().enumerate() {
             let renewed = round.renewed(j);
-            let yes = renewed.count_ones() as usize;
-            let no = (tally.yes & !renewed).count_ones() as usize;
+            let yes = crate::round::count(renewed);
+            let no = crate::round::count(tally.yes & !renewed);
             let valid_until = self.valid_until(tally.start, ttl);
             let outcome = if yes >= self.needed() && tally.end < valid_until {
                 Renewal::Renewed(valid_until)
