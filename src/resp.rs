@@ -449,6 +449,20 @@ pub(crate) fn len_line(len: usize) -> Padded<24> {
     out
 }
 
+/// Appends a bulk string's length line, `$<len>\r\n`: a key's (under 100
+/// bytes) as one small constant-size copy, any other through [`len_line`].
+#[inline(always)]
+pub(crate) fn put_len_line(buf: &mut BytesMut, len: usize) {
+    if len < 10 {
+        buf.extend_from_slice(&[b'$', b'0' + len as u8, b'\r', b'\n']);
+    } else if len < 100 {
+        let [tens, ones] = PAIRS[len];
+        buf.extend_from_slice(&[b'$', tens, ones, b'\r', b'\n']);
+    } else {
+        len_line(len).put(buf);
+    }
+}
+
 /// A number as a bulk string, `$<digits>\r\n<number>\r\n`.
 #[inline]
 pub(crate) fn num_bulk(n: u64) -> Padded<32> {
@@ -522,6 +536,9 @@ mod tests {
             put_bulk(&mut expected, n.to_string().as_bytes());
             assert_eq!(num_bulk(n).as_bytes(), &expected[..], "{n}");
             let line = len_line(n as usize);
+            let mut short = BytesMut::new();
+            put_len_line(&mut short, n as usize);
+            assert_eq!(&short[..], line.as_bytes(), "{n}");
             assert_eq!(line.as_bytes(), format!("${n}\r\n").as_bytes());
             let mut buf = BytesMut::from(&b"x"[..]);
             num_bulk(n).put(&mut buf);

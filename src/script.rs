@@ -446,7 +446,7 @@ impl<'a> Op<'a> {
             Some(script) => script.put_head(buf, form),
             None => buf.extend_from_slice(SET_HEAD),
         }
-        resp::len_line(key.len()).put(buf);
+        resp::put_len_line(buf, key.len());
         buf.extend_from_slice(key);
         buf.extend_from_slice(b"\r\n$32\r\n");
         buf.extend_from_slice(token.as_array());
