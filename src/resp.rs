@@ -463,6 +463,42 @@ pub(crate) fn put_len_line(buf: &mut BytesMut, len: usize) {
     }
 }
 
+/// Appends a number as a bulk string, `$<digits>\r\n<number>\r\n`: one of
+/// up to 8 digits (a TTL in milliseconds up to a day) assembled in 16 bytes
+/// and copied at that constant size, any other through [`num_bulk`].
+#[inline(always)]
+pub(crate) fn put_num_bulk(buf: &mut BytesMut, n: u64) {
+    if n >= 100_000_000 {
+        return num_bulk(n).put(buf);
+    }
+    let count = 1
+        + usize::from(n >= 10)
+        + usize::from(n >= 100)
+        + usize::from(n >= 1_000)
+        + usize::from(n >= 10_000)
+        + usize::from(n >= 100_000)
+        + usize::from(n >= 1_000_000)
+        + usize::from(n >= 10_000_000);
+    let mut out = [0u8; 16];
+    out[..4].copy_from_slice(&[b'$', b'0' + count as u8, b'\r', b'\n']);
+    // Digits from the last, two at a time.
+    let (mut at, mut rest) = (4 + count, n as usize);
+    while rest >= 100 {
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&PAIRS[rest % 100]);
+        rest /= 100;
+    }
+    if rest >= 10 {
+        out[at - 2..at].copy_from_slice(&PAIRS[rest]);
+    } else {
+        out[at - 1] = b'0' + rest as u8;
+    }
+    out[4 + count..6 + count].copy_from_slice(b"\r\n");
+    let end = buf.len() + 6 + count;
+    buf.extend_from_slice(&out);
+    buf.truncate(end);
+}
+
 /// A number as a bulk string, `$<digits>\r\n<number>\r\n`.
 #[inline]
 pub(crate) fn num_bulk(n: u64) -> Padded<32> {
@@ -531,10 +567,15 @@ mod tests {
         let mut values = vec![0, 1, 9, 10, 99, 100, 30_000, u64::MAX, u64::MAX - 1];
         values.extend((0..20).map(|p| 10u64.pow(p)));
         values.extend((1..20).map(|p| 10u64.pow(p) - 1));
+        // And a sweep of the short forms' whole range.
+        values.extend((0..10_000u64).map(|i| i * 9_999 + i % 7));
         for n in values {
             let mut expected = BytesMut::new();
             put_bulk(&mut expected, n.to_string().as_bytes());
             assert_eq!(num_bulk(n).as_bytes(), &expected[..], "{n}");
+            let mut short = BytesMut::new();
+            put_num_bulk(&mut short, n);
+            assert_eq!(&short[..], &expected[..], "{n}");
             let line = len_line(n as usize);
             let mut short = BytesMut::new();
             put_len_line(&mut short, n as usize);

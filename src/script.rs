@@ -460,7 +460,7 @@ impl<'a> Op<'a> {
             buf.extend_from_slice(b"\r\n");
         }
         if let Some(ttl_ms) = ttl_ms {
-            resp::num_bulk(ttl_ms).put(buf);
+            resp::put_num_bulk(buf, ttl_ms);
         }
     }
 
