@@ -661,7 +661,7 @@ impl LockManager {
     /// When a thread of this manager waits for the key, the lock is handed
     /// to it directly (see `wait.rs`); otherwise, or if that fails, it is
     /// released, and a waiter of this manager is woken at once.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn release(&self, key: &[u8], token: &Token) -> Result<bool> {
         let shared = &*self.shared;
         // A lock handed over would come without a fence of its own: in
