@@ -222,12 +222,19 @@ impl<'q> Round<'q> {
         self.tally.end = self.tally.start;
     }
 
-    /// The four steps.
-    #[inline]
+    /// The four steps: on one node by [`run_one`](Self::run_one), inlined
+    /// where the round runs; on several by [`exchange_many`](Self::exchange_many).
+    #[inline(always)]
     fn exchange(&mut self, targets: Mask) {
         if self.nodes.len() == 1 && targets & 1 != 0 {
-            return self.run_one();
+            self.run_one();
+        } else {
+            self.exchange_many(targets);
         }
+    }
+
+    #[inline(never)]
+    fn exchange_many(&mut self, targets: Mask) {
         if self.check_out(targets) {
             self.tally.start = Instant::now();
         }
@@ -243,6 +250,7 @@ impl<'q> Round<'q> {
 
     /// The four steps on a quorum of one node, by the same rules, without
     /// the loops over nodes.
+    #[inline(never)]
     fn run_one(&mut self) {
         let checkout = match self.grants.then(|| self.nodes[0].quarantined()).flatten() {
             Some(left) => Err(Failure::Quarantined(left)),
