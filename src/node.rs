@@ -192,10 +192,14 @@ impl Node {
     #[inline(always)]
     pub(crate) fn checkout(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
         // The common case first, small enough to inline: a healthy node
-        // with an idle connection. Anything else takes the full path, which
-        // looks at everything again.
+        // with an idle connection, its pool's lock free. Anything else takes
+        // the full path, which looks at everything again; a checkout that
+        // found the lock taken is `slow` (it may have waited for it), so
+        // that a round reads the clock after it.
         if take == Take::Pooled {
-            let mut state = self.state.lock();
+            let Some(mut state) = self.state.try_lock() else {
+                return self.checkout_slow(take, true);
+            };
             if state.down_until.is_none() {
                 let epoch = self.sync_epoch(&mut state);
                 if let Some(conn) = state.idle.pop() {
@@ -208,12 +212,17 @@ impl Node {
                 }
             }
         }
-        self.checkout_slow(take)
+        self.checkout_slow(take, false)
     }
 
-    /// [`checkout`](Self::checkout), every case.
+    /// [`checkout`](Self::checkout), every case; `contended`: the pool's
+    /// lock was found taken.
     #[inline(never)]
-    fn checkout_slow(self: &Arc<Node>, take: Take) -> Result<Checkout<'_>, Failure> {
+    fn checkout_slow(
+        self: &Arc<Node>,
+        take: Take,
+        contended: bool,
+    ) -> Result<Checkout<'_>, Failure> {
         let mut state = self.state.lock();
         let epoch = self.sync_epoch(&mut state);
         if let Take::Fresh { .. } = take {
@@ -235,7 +244,7 @@ impl Node {
                 return Ok(Checkout {
                     node: self,
                     conn: Some(conn),
-                    slow: deadline.is_some(),
+                    slow: contended || deadline.is_some(),
                     epoch,
                 });
             }
@@ -494,11 +503,19 @@ impl Node {
         self.config.quarantine.is_some()
     }
 
+    /// Whether the node may be in its restart quarantine: one atomic load.
+    /// When it says no, [`quarantined`](Self::quarantined) says `None`
+    /// without taking the node's lock.
+    #[inline]
+    pub(crate) fn may_be_quarantined(&self) -> bool {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
     /// How long the node stays quarantined (a recent restart), if it is:
     /// one atomic load when it is not.
     #[inline]
     pub(crate) fn quarantined(&self) -> Option<Duration> {
-        if self.quarantined.load(Ordering::Relaxed) {
+        if self.may_be_quarantined() {
             self.quarantined_slow()
         } else {
             None
@@ -691,6 +708,13 @@ impl Checkout<'_> {
     #[inline]
     pub(crate) fn node_quarantined(&self) -> Option<Duration> {
         self.node.quarantined()
+    }
+
+    /// Whether its node may be in its restart quarantine (see
+    /// [`Node::may_be_quarantined`]).
+    #[inline]
+    pub(crate) fn node_may_be_quarantined(&self) -> bool {
+        self.node.may_be_quarantined()
     }
 }
 

@@ -252,11 +252,26 @@ impl<'q> Round<'q> {
     /// the loops over nodes.
     #[inline(never)]
     fn run_one(&mut self) {
-        let checkout = match self.grants.then(|| self.nodes[0].quarantined()).flatten() {
+        let node = &self.nodes[0];
+        // Whether anything before the write may have waited: a quarantine
+        // looked up under the node's lock, a contended pool, a connect, the
+        // pool's wait. Then `start` is read again after it. Otherwise only
+        // CPU work lies between `start` (read as the round was made) and the
+        // write, so the reply's first read may take the whole I/O timeout
+        // as the time left (see `send_with_time_left`).
+        let mut waited = self.grants && node.may_be_quarantined();
+        let checkout = match waited.then(|| node.quarantined()).flatten() {
             Some(left) => Err(Failure::Quarantined(left)),
-            None => self.nodes[0]
-                .checkout(Take::Pooled)
-                .and_then(|conn| self.may_vote(conn)),
+            None => node.checkout(Take::Pooled).and_then(|conn| {
+                // The quarantine again, now that the connection is in
+                // hand (see `check_out`).
+                if self.grants && conn.node_may_be_quarantined() {
+                    waited = true;
+                    self.may_vote(conn)
+                } else {
+                    Ok(conn)
+                }
+            }),
         };
         let mut conn = match checkout {
             Ok(conn) => conn,
@@ -266,16 +281,12 @@ impl<'q> Round<'q> {
                 return;
             }
         };
-        if conn.slow {
+        if conn.slow || waited {
             self.tally.start = Instant::now();
         }
         let deadline = Deadline::new(self.tally.start, self.io_timeout);
         self.put(&mut conn, self.op, self.token, Form::Sha);
         let mut redos = Redos::new();
-        // `start` was read after the checkout (before it if that took no
-        // real time: no connect, no wait for the pool) and nothing since
-        // can wait but the write, so the reply's first read may take the
-        // whole I/O timeout as the time left (see `send_with_time_left`).
         match conn.send_with_time_left(1 + u32::from(self.asking), self.io_timeout) {
             Ok(()) => {
                 self.tally.sent = 1;

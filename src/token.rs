@@ -30,16 +30,27 @@ const HEX_PAIRS: [[u8; 2]; 256] = {
 /// Fills `raw` from the kernel's CSPRNG. On Linux the `getrandom` system
 /// call is made by rustix, straight: glibc's wrapper is a cancellation
 /// point in a threaded process, which doubled its cost. Anything short of
-/// a whole fill the first time (a kernel without the call, a signal) goes
-/// to the getrandom crate, which handles every case (and every other
-/// system).
+/// a whole fill (a signal, a kernel or sandbox without the call) goes to the
+/// getrandom crate, which handles every case (and every other system); a
+/// call the kernel refuses is not tried again.
 #[inline(always)]
 fn fill(raw: &mut [u8; RANDOM_BYTES]) -> Result<(), getrandom::Error> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
-    if let Ok(got) = rustix::rand::getrandom(&mut raw[..], rustix::rand::GetRandomFlags::empty())
-        && got == RANDOM_BYTES
     {
-        return Ok(());
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Set when the kernel or a seccomp filter refuses the call. Only
+        /// whether the call exists is kept: no random state, so nothing a
+        /// `fork` could share.
+        static REFUSED: AtomicBool = AtomicBool::new(false);
+        if !REFUSED.load(Ordering::Relaxed) {
+            match rustix::rand::getrandom(&mut raw[..], rustix::rand::GetRandomFlags::empty()) {
+                Ok(got) if got == RANDOM_BYTES => return Ok(()),
+                Err(rustix::io::Errno::NOSYS | rustix::io::Errno::PERM) => {
+                    REFUSED.store(true, Ordering::Relaxed);
+                }
+                _ => {}
+            }
+        }
     }
     getrandom::fill(raw)
 }

@@ -9,12 +9,8 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-
-use rustix::io::Errno;
-use rustix::net::{RecvFlags, SendFlags};
 
 use crate::endpoint::{Addr, Endpoint};
 use crate::error::Failure;
@@ -78,8 +74,8 @@ impl Stream {
     #[inline(always)]
     pub(crate) fn send_request(&mut self, buf: &[u8]) -> io::Result<bool> {
         match self {
-            Stream::Tcp(s) => send_all(s.as_fd(), buf),
-            Stream::Unix(s) => send_all(s.as_fd(), buf),
+            Stream::Tcp(s) => sys::send_all(s, buf),
+            Stream::Unix(s) => sys::send_all(s, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.write_all(buf).map(|()| false),
         }
@@ -125,63 +121,27 @@ impl Stream {
     }
 }
 
-/// TCP and unix-socket reads and writes are `recv` and `send` system calls
-/// made by rustix, not by std through libc: glibc makes every socket call in
-/// a threaded process a cancellation point (two more calls around each), and
-/// std's wrappers add their own layers. On the 1-node cycle that was about
-/// 300 of 3,000 instructions (callgrind). The calls are the same ones, with
-/// the same flags (`MSG_NOSIGNAL` on sends, as std sets it), and the socket
-/// timeouts apply to them alike; only the way into the kernel is shorter.
+/// TCP and unix-socket reads and writes go through [`sys`]: on Linux, `recv`
+/// and `send` system calls made by rustix rather than by std through libc
+/// (see there).
 impl Read for Stream {
     #[inline]
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => recv(s.as_fd(), buf),
-            Stream::Unix(s) => recv(s.as_fd(), buf),
+            Stream::Tcp(s) => sys::recv(s, buf),
+            Stream::Unix(s) => sys::recv(s, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.read(buf),
         }
     }
 }
 
-#[inline(always)]
-fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
-    match rustix::net::recv(fd, buf, RecvFlags::empty()) {
-        Ok((n, _)) => Ok(n),
-        Err(errno) => Err(errno.into()),
-    }
-}
-
-/// Writes all of `buf`, as `write_all` does: again after a short write or a
-/// signal, an error on a write of nothing. Says whether it all went in one
-/// call that did not wait: the first try does not wait (`MSG_DONTWAIT`);
-/// only what it could not hand to the kernel waits, under the socket's
-/// write timeout.
-#[inline(always)]
-fn send_all(fd: BorrowedFd<'_>, mut buf: &[u8]) -> io::Result<bool> {
-    match rustix::net::send(fd, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
-        Ok(n) if n >= buf.len() => return Ok(true),
-        Ok(n) => buf = &buf[n..],
-        Err(Errno::AGAIN | Errno::INTR) => {}
-        Err(errno) => return Err(errno.into()),
-    }
-    while !buf.is_empty() {
-        match rustix::net::send(fd, buf, SendFlags::NOSIGNAL) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf = &buf[n.min(buf.len())..],
-            Err(Errno::INTR) => {}
-            Err(errno) => return Err(errno.into()),
-        }
-    }
-    Ok(false)
-}
-
 impl Write for Stream {
     #[inline]
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Stream::Tcp(s) => Ok(rustix::net::send(s, buf, SendFlags::NOSIGNAL)?),
-            Stream::Unix(s) => Ok(rustix::net::send(s, buf, SendFlags::NOSIGNAL)?),
+            Stream::Tcp(s) => sys::send(s, buf),
+            Stream::Unix(s) => sys::send(s, buf),
             #[cfg(feature = "tls")]
             Stream::Tls(s) => s.write(buf),
         }
@@ -194,6 +154,94 @@ impl Write for Stream {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// The socket calls themselves.
+///
+/// On Linux they are made by rustix, straight into the kernel: glibc makes
+/// every socket call of a threaded process a thread-cancellation point (two
+/// more calls around each), and std's wrappers add their own layers; on the
+/// 1-node cycle that was about 300 of 3,000 instructions (callgrind). Sends
+/// carry `MSG_NOSIGNAL` (std's TCP sends did too; its unix-socket writes
+/// were `write(2)`, which a closed peer answers with `SIGPIPE`), and the
+/// socket timeouts apply alike. Elsewhere, std's own calls.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod sys {
+    use std::io;
+    use std::os::fd::AsFd;
+
+    use rustix::io::Errno;
+    use rustix::net::{RecvFlags, SendFlags};
+
+    #[inline(always)]
+    pub(super) fn recv(socket: &impl AsFd, buf: &mut [u8]) -> io::Result<usize> {
+        match rustix::net::recv(socket, buf, RecvFlags::empty()) {
+            Ok((n, _)) => Ok(n),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+
+    #[inline]
+    pub(super) fn send(socket: &impl AsFd, buf: &[u8]) -> io::Result<usize> {
+        Ok(rustix::net::send(socket, buf, SendFlags::NOSIGNAL)?)
+    }
+
+    /// Writes all of `buf`, as `write_all` does: again after a short write
+    /// or a signal, an error on a write of nothing. Says whether it all
+    /// went in one call that did not wait: the first try does not wait
+    /// (`MSG_DONTWAIT`); only what the kernel would not take at once waits,
+    /// under the socket's write timeout.
+    #[inline(always)]
+    pub(super) fn send_all(socket: &impl AsFd, mut buf: &[u8]) -> io::Result<bool> {
+        let fd = socket.as_fd();
+        match rustix::net::send(fd, buf, SendFlags::NOSIGNAL | SendFlags::DONTWAIT) {
+            Ok(n) if n >= buf.len() => return Ok(true),
+            Ok(n) => buf = &buf[n..],
+            Err(Errno::AGAIN | Errno::INTR) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        while !buf.is_empty() {
+            match rustix::net::send(fd, buf, SendFlags::NOSIGNAL) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => buf = &buf[n.min(buf.len())..],
+                Err(Errno::INTR) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        Ok(false)
+    }
+}
+
+/// The socket calls by std, where rustix's are not used (see the Linux
+/// [`sys`]). A send never says it did not wait, so the first read always
+/// reads the clock.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+mod sys {
+    use std::io::{self, Read, Write};
+
+    pub(super) fn recv<S>(socket: &S, buf: &mut [u8]) -> io::Result<usize>
+    where
+        for<'a> &'a S: Read,
+    {
+        let mut socket = socket;
+        socket.read(buf)
+    }
+
+    pub(super) fn send<S>(socket: &S, buf: &[u8]) -> io::Result<usize>
+    where
+        for<'a> &'a S: Write,
+    {
+        let mut socket = socket;
+        socket.write(buf)
+    }
+
+    pub(super) fn send_all<S>(socket: &S, buf: &[u8]) -> io::Result<bool>
+    where
+        for<'a> &'a S: Write,
+    {
+        let mut socket = socket;
+        socket.write_all(buf).map(|()| false)
     }
 }
 
@@ -228,8 +276,8 @@ pub(crate) enum Writer {
 impl Writer {
     pub(crate) fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Writer::Tcp(s) => s.write_all(buf),
-            Writer::Unix(s) => s.write_all(buf),
+            Writer::Tcp(s) => sys::send_all(s, buf).map(drop),
+            Writer::Unix(s) => sys::send_all(s, buf).map(drop),
             #[cfg(feature = "tls")]
             Writer::Tls(s) => s.write_all(buf),
         }

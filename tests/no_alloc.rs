@@ -329,39 +329,63 @@ fn cluster_cycles_do_not_allocate() {
 
 /// Sick nodes that answer with error replies, in a quorum that still
 /// grants: one out of memory (`-OOM` to every acquisition) and one turned
-/// replica (`-READONLY` to every write). Their texts are allocated once,
+/// replica (`-READONLY` to every write, renewals included: it holds the
+/// renewed lock, copied from its master). Their texts are allocated once,
 /// then shared (see `ServerText`), and the nodes' latest-error strings are
-/// reused, so the lock cycles stay at zero. The test checks the nodes did
-/// refuse, so that it cannot pass by the errors going away.
+/// reused, so the cycles stay at zero. The test checks that the nodes did
+/// refuse, during each measured loop, so that it cannot pass by the errors
+/// going away.
 #[test]
 fn nodes_answering_errors_do_not_allocate() {
     let servers = RedisServer::start_many(6);
-    let oom = &servers[3];
-    let _: () = oom.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
-    let _: () = oom.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
-    // A replica of a server outside the quorum: it refuses writes, and
-    // holds nothing of ours.
-    let replica = &servers[4];
-    let master_port = servers[5].port.to_string();
+    let (oom, replica, master) = (&servers[3], &servers[4], &servers[5]);
+    // A replica of a server outside the quorum.
+    let master_port = master.port.to_string();
     let _: () = replica.cmd(&[b"REPLICAOF", b"127.0.0.1", master_port.as_bytes()]);
+    wait_until("the replica's link to its master", || {
+        let info: String = replica.cmd(&[b"INFO", b"replication"]);
+        info.contains("master_link_status:up")
+    });
     let locks = support::manager(servers[..5].iter().map(RedisServer::url));
     let held_by = |key: &[u8]| servers[..5].iter().filter(|s| s.get(key).is_some()).count();
+
+    // Taken before node 3 runs out of memory, so that node 3 holds it too
+    // (renewing takes no memory); the replica gets it, with our token, from
+    // its master, so that its renewals reach the write it refuses.
+    let mut held = locks
+        .try_lock(b"held", TTL)
+        .expect("try_lock")
+        .expect("free");
+    let token = servers[0].get(b"held").expect("the lock's token");
+    let _: () = master.cmd(&[b"SET", b"held", &token, b"PX", b"600000"]);
+    wait_until("the lock copied to the replica", || {
+        replica.get(b"held").as_deref() == Some(&token[..])
+    });
+    let _: () = oom.cmd(&[b"CONFIG", b"SET", b"maxmemory-policy", b"noeviction"]);
+    let _: () = oom.cmd(&[b"CONFIG", b"SET", b"maxmemory", b"1"]);
 
     let probe = locks
         .try_lock(b"probe", TTL)
         .expect("try_lock")
         .expect("free");
     assert_eq!(held_by(b"probe"), 3, "the sick nodes should have refused");
-    let status = locks.status();
-    let said = |i: usize, what: &str| {
-        status.nodes[i]
-            .last_error
-            .as_ref()
-            .is_some_and(|(text, _)| text.contains(what))
-    };
-    assert!(said(3, "OOM") && said(4, "READONLY"), "{status:?}");
     drop(probe);
 
+    // Each loop starts more than a second after the last note (a node
+    // notes its latest error at most once a second), so that a note within
+    // the loop shows the refusals went on in it.
+    let refused_within = |what: &str, loop_time: std::time::Duration| {
+        let status = locks.status();
+        for (i, text) in [(3, "OOM"), (4, "READONLY")] {
+            let noted = status.nodes[i].last_error.as_ref();
+            assert!(
+                noted.is_some_and(|(said, ago)| said.contains(text) && *ago < loop_time),
+                "node {i} did not refuse during the {what} loop: {noted:?}"
+            );
+        }
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let started = std::time::Instant::now();
     let mut results = vec![per_cycle(
         "try_lock + release, 2 of 5 answering errors",
         || {
@@ -369,18 +393,36 @@ fn nodes_answering_errors_do_not_allocate() {
             assert!(lock.release().expect("release"));
         },
     )];
-    let mut lock = locks
-        .try_lock(b"held", TTL)
-        .expect("try_lock")
-        .expect("free");
-    results.push(per_cycle("extend, 2 of 5 answering errors", || {
-        lock.extend(TTL).expect("extend");
+    refused_within("try_lock", started.elapsed());
+
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    let started = std::time::Instant::now();
+    results.push(per_cycle("extend, 1 of 5 answering errors", || {
+        held.extend(TTL).expect("extend");
     }));
-    assert!(lock.release().expect("release"));
+    let status = locks.status();
+    let noted = status.nodes[4].last_error.as_ref();
+    assert!(
+        noted.is_some_and(|(said, ago)| said.contains("READONLY") && *ago < started.elapsed()),
+        "the replica did not refuse the renewals: {noted:?}"
+    );
+    assert!(held.release().expect("release"));
     assert!(
         results.iter().all(|&n| n == 0),
         "error replies allocated: {results:?}"
     );
+}
+
+/// Waits up to 10 s for `ready`.
+fn wait_until(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !ready() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// The counter does see allocations: a test of the test.
