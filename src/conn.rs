@@ -94,11 +94,19 @@ impl Conn {
     /// all in one round trip.
     pub(crate) fn connect(endpoint: &Endpoint, timeouts: Timeouts) -> Result<Conn, Failure> {
         let stream = Stream::open(endpoint, timeouts.connect, timeouts.io)?;
-        let mut conn = Conn {
+        let mut conn = Conn::over(stream, timeouts.io);
+        conn.handshake(endpoint, timeouts.io)?;
+        Ok(conn)
+    }
+
+    /// A connection over an open `stream` whose read timeout is
+    /// `read_timeout`, before any handshake.
+    fn over(stream: Stream, read_timeout: Duration) -> Conn {
+        Conn {
             stream,
             wbuf: BytesMut::with_capacity(WRITE_CAPACITY),
             rbuf: ReadBuf::new(),
-            read_timeout: timeouts.io,
+            read_timeout,
             broken: false,
             reused: false,
             got_reply_bytes: false,
@@ -106,9 +114,7 @@ impl Conn {
             owed: 0,
             uptime: None,
             run_id: None,
-        };
-        conn.handshake(endpoint, timeouts.io)?;
-        Ok(conn)
+        }
     }
 
     /// How long the server had been up (since it last started) when the
@@ -566,20 +572,7 @@ mod tests {
             }
             std::thread::sleep(IO * 3);
         });
-        let conn = Conn {
-            stream: Stream::Tcp(tcp),
-            wbuf: BytesMut::with_capacity(WRITE_CAPACITY),
-            rbuf: ReadBuf::new(),
-            read_timeout: IO,
-            broken: false,
-            reused: false,
-            got_reply_bytes: false,
-            left_at_send: None,
-            owed: 0,
-            uptime: None,
-            run_id: None,
-        };
-        (conn, handle)
+        (Conn::over(Stream::Tcp(tcp), IO), handle)
     }
 
     /// Sends `len` bytes with `left` as the time left, then waits for a
