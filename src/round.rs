@@ -64,7 +64,38 @@ const NODES_IN_BYTE: [u8; 256] = {
 };
 
 /// One connection slot per node; `None` where the node is not taking part.
-type Slots<'a> = SmallVec<[Option<Checkout<'a>>; 8]>;
+/// Made on first use: a one-node round that gave its connection back early
+/// has none, and dropping it is one test rather than a call.
+#[derive(Default)]
+struct Slots<'a>(Option<SmallVec<[Option<Checkout<'a>>; 8]>>);
+
+impl<'a> Slots<'a> {
+    fn push(&mut self, slot: Option<Checkout<'a>>) {
+        self.0.get_or_insert_with(SmallVec::new).push(slot);
+    }
+
+    /// At least `len` slots, the new ones empty.
+    fn cover(&mut self, len: usize) {
+        let slots = self.0.get_or_insert_with(SmallVec::new);
+        if slots.len() < len {
+            slots.resize_with(len, || None);
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Slots<'a> {
+    type Target = [Option<Checkout<'a>>];
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_deref().unwrap_or(&[])
+    }
+}
+
+impl std::ops::DerefMut for Slots<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        self.0.as_deref_mut().unwrap_or(&mut [])
+    }
+}
 
 /// Nodes owed a second chance, and why.
 type Redos = SmallVec<[(usize, Redo); 8]>;
@@ -167,8 +198,12 @@ pub(crate) struct Round<'q> {
     /// Nodes whose request went again on a new connection.
     resent: Mask,
     /// Nodes whose request may have been applied but whose connection is
-    /// gone: a clean-up must open another.
+    /// gone (or was given back early, see [`run_one`](Self::run_one)): a
+    /// clean-up must open another.
     orphans: Mask,
+    /// The connections stay in the round after a vote, for a confirmation
+    /// on them ([`confirm_replicated`](Self::confirm_replicated)).
+    keeps: bool,
     /// A batched renewal's answers, node by node (bit `j`: lock `j`
     /// renewed there), in the caller's buffer; `None` for every other
     /// operation (a pointer, not an array: rounds are moved on the hot
@@ -198,10 +233,11 @@ impl<'q> Round<'q> {
             token,
             io_timeout,
             asking,
-            slots: Slots::new(),
+            slots: Slots::default(),
             tally: Tally::new(now),
             resent: 0,
             orphans: 0,
+            keeps: false,
             each: None,
         }
     }
@@ -286,21 +322,39 @@ impl<'q> Round<'q> {
         }
         let deadline = Deadline::new(self.tally.start, self.io_timeout);
         self.put(&mut conn, self.op, self.token, Form::Sha);
-        let mut redos = Redos::new();
-        match conn.send_with_time_left(1 + u32::from(self.asking), self.io_timeout) {
+        let redo = match conn.send_with_time_left(1 + u32::from(self.asking), self.io_timeout) {
             Ok(()) => {
                 self.tally.sent = 1;
                 let op = self.op;
                 let outcome = conn.recv(deadline, true, |reply| op.interpret(reply));
                 let stale = matches!(&outcome, Err(failure) if conn.was_stale(failure));
-                self.judge(0, outcome, stale, &mut redos);
+                self.judge(0, outcome, stale)
             }
-            Err(failure) if conn.was_stale(&failure) => redos.push((0, Redo::Reconnect)),
-            Err(failure) => note_fail(self.nodes, &mut self.tally, 0, failure),
-        }
-        self.slots.push(Some(conn));
-        if !redos.is_empty() {
-            self.second_chance(&redos, deadline);
+            Err(failure) if conn.was_stale(&failure) => Some(Redo::Reconnect),
+            Err(failure) => {
+                note_fail(self.nodes, &mut self.tally, 0, failure);
+                None
+            }
+        };
+        match redo {
+            None => {
+                // A node that voted has said all it will on this
+                // connection: it goes back to the pool now, without a slot,
+                // unless a confirmation must follow on it. A clean-up after
+                // a yes opens another (an orphan): the vote came, so what
+                // the clean-up sends arrives after the request on any
+                // connection. A failure keeps its connection: the clean-up
+                // must follow the request on it.
+                if !self.keeps && (self.tally.yes | self.tally.no) & 1 != 0 {
+                    self.orphans |= self.tally.yes & 1;
+                    return;
+                }
+                self.slots.push(Some(conn));
+            }
+            Some(why) => {
+                self.slots.push(Some(conn));
+                self.second_chance(&[(0, why)], deadline);
+            }
         }
     }
 
@@ -372,6 +426,12 @@ impl<'q> Round<'q> {
         &self.tally
     }
 
+    /// Keeps the connections in the round after a vote, for
+    /// [`confirm_replicated`](Self::confirm_replicated).
+    pub(crate) fn keep_connections(&mut self) {
+        self.keeps = true;
+    }
+
     /// For a batched renewal: where its answers go, one word per node
     /// (zeroed here), before the round runs.
     pub(crate) fn record_each(&mut self, each: &'q mut [u64]) {
@@ -428,15 +488,17 @@ impl<'q> Round<'q> {
             let op = if resent { self.op.resent() } else { self.op };
             let outcome = conn.recv(deadline, had_time, |reply| op.interpret(reply));
             let stale = matches!(&outcome, Err(failure) if conn.was_stale(failure));
-            self.judge(i, outcome, stale, redos);
+            if let Some(why) = self.judge(i, outcome, stale) {
+                redos.push((i, why));
+            }
         }
     }
 
-    /// What node `i`'s answer means: its vote in the tally, a second
-    /// chance owed (`stale`: its pooled connection had been closed by the
-    /// server), or its failure.
+    /// What node `i`'s answer means: its vote in the tally, the second
+    /// chance it is owed (`stale`: its pooled connection had been closed by
+    /// the server), or its failure.
     #[inline(always)]
-    fn judge(&mut self, i: usize, outcome: Result<Vote, Failure>, stale: bool, redos: &mut Redos) {
+    fn judge(&mut self, i: usize, outcome: Result<Vote, Failure>, stale: bool) -> Option<Redo> {
         match outcome {
             Ok(Vote::Yes) => self.tally.yes |= 1 << i,
             Ok(Vote::Fenced(fence)) => {
@@ -457,7 +519,7 @@ impl<'q> Round<'q> {
                 self.tally.blocker.get_or_insert(index);
             }
             Err(failure) if failure.server_error() == Some(ServerError::NoScript) => {
-                redos.push((i, Redo::Source));
+                return Some(Redo::Source);
             }
             // A master demoted by a failover refused the write: the
             // sentinels name another server now, and a new connection
@@ -470,17 +532,18 @@ impl<'q> Round<'q> {
                     "redlease: {} is read-only now, reconnecting through its sentinels",
                     self.nodes[i].name
                 );
-                redos.push((i, Redo::Reconnect));
+                return Some(Redo::Reconnect);
             }
-            Err(_) if stale => redos.push((i, Redo::Reconnect)),
+            Err(_) if stale => return Some(Redo::Reconnect),
             Err(failure) => note_fail(self.nodes, &mut self.tally, i, failure),
         }
+        None
     }
 
     /// Step 4: sends again to the nodes in `redos`, then gathers their
     /// replies under the same deadline. Whatever asks for a third attempt
     /// is final.
-    fn second_chance(&mut self, redos: &Redos, deadline: Deadline) {
+    fn second_chance(&mut self, redos: &[(usize, Redo)], deadline: Deadline) {
         let at = deadline.at();
         let mut again = 0;
         for &(i, why) in redos {
@@ -611,6 +674,7 @@ impl<'q> Round<'q> {
     pub(crate) fn clean_up_token(mut self, skip: Mask, token: &Token) -> Tally {
         // A node whose request may have landed without a connection left to
         // it gets one for the clean-up, if its pool gives one at once.
+        self.slots.cover(self.nodes.len());
         for i in 0..self.nodes.len() {
             if self.orphans & !skip & (1 << i) != 0 {
                 self.slots[i] = self.nodes[i].checkout(Take::Pooled).ok();

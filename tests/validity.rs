@@ -197,6 +197,56 @@ fn extend_validity_expired_leaves_nothing() {
     assert!(theirs.release().expect("release"));
 }
 
+/// A grant that comes back after the lock's validity is over is no lock:
+/// `ValidityExpired`, and what it wrote is deleted at once, on one node
+/// (whose connection went back to its pool with the vote: the clean-up
+/// takes another) as on three. The servers hang in `DEBUG SLEEP` for
+/// 800 ms, longer than the validity of a 1 s TTL at drift factor 0.4
+/// (598 ms), so the key would otherwise stay some 200 ms past the call.
+#[test]
+fn a_grant_too_late_is_deleted_at_once() {
+    for n in [1, 3] {
+        let servers = RedisServer::start_many(n);
+        let locks = support::manager_with(
+            servers.iter().map(RedisServer::url),
+            support::builder()
+                .io_timeout(Duration::from_secs(3))
+                .drift_factor(0.4),
+        );
+        support::warm(&locks);
+        let sleepers: Vec<_> = servers
+            .iter()
+            .map(|server| {
+                let url = server.url();
+                thread::spawn(move || {
+                    let mut con = redis::Client::open(url)
+                        .expect("url")
+                        .get_connection()
+                        .expect("connect");
+                    let _: redis::RedisResult<()> =
+                        redis::cmd("DEBUG").arg("SLEEP").arg(0.8).query(&mut con);
+                })
+            })
+            .collect();
+        for server in &servers {
+            support::eventually(Duration::from_secs(1), "DEBUG SLEEP under way", || {
+                !server.answers_ping_within(Duration::from_millis(20))
+            });
+        }
+        let result = locks.try_lock("k", Duration::from_secs(1));
+        assert!(
+            matches!(result, Err(Error::ValidityExpired { .. })),
+            "{n} nodes: {result:?}"
+        );
+        for (i, server) in servers.iter().enumerate() {
+            assert_eq!(server.get(b"k"), None, "{n} nodes: node {i} still holds it");
+        }
+        for sleeper in sleepers {
+            sleeper.join().expect("sleeper");
+        }
+    }
+}
+
 /// Defect 1b: three nodes, replies dropped on two; `extend(200ms)` fails
 /// with no quorum, but every node applied the shorter TTL. The guard's
 /// validity must shrink to it.
