@@ -510,9 +510,12 @@ impl<'a> Op<'a> {
     #[inline(always)]
     pub(crate) fn interpret(self, reply: Reply<'_>) -> Result<Vote, Failure> {
         match (self, reply) {
+            // The hot path's two answers first: a granted lock and a
+            // released one.
+            (Op::Acquire { .. }, Reply::Simple(b"OK")) => Ok(Vote::Yes),
+            (Op::Release, Reply::Integer(1)) => Ok(Vote::Yes),
             (_, Reply::Error(text)) => Err(Failure::from_server(text)),
             (Op::Shaped(shaped), reply) => shaped.interpret(reply),
-            (Op::Acquire { .. }, Reply::Simple(b"OK")) => Ok(Vote::Yes),
             (Op::Acquire { .. }, Reply::Nil) => Ok(Vote::NO),
             (Op::Acquire { .. }, _) => Err(Failure::Protocol("unexpected reply to SET NX PX")),
             (Op::AcquireOrPttl { .. } | Op::FairAcquire { .. }, Reply::Simple(b"OK")) => {
