@@ -8,6 +8,8 @@
 //! before we wait for the bytes, so a hostile `$10000000000` can neither make
 //! us buffer without bound nor wait for data that will never fit.
 
+use std::cell::Cell;
+
 use bytes::{BufMut, BytesMut};
 
 /// The largest reply we accept, in bytes, and the size of each connection's
@@ -463,14 +465,46 @@ pub(crate) fn put_len_line(buf: &mut BytesMut, len: usize) {
     }
 }
 
-/// Appends a number as a bulk string, `$<digits>\r\n<number>\r\n`: one of
-/// up to 8 digits (a TTL in milliseconds up to a day) assembled in 16 bytes
-/// and copied at that constant size, any other through [`num_bulk`].
+/// Appends a number as a bulk string, `$<digits>\r\n<number>\r\n`. One of
+/// up to 8 digits (a TTL in milliseconds up to a day) is assembled in 16
+/// bytes ([`short_num_bulk`]) and copied at that constant size, or, when it
+/// is the number this thread appended last (callers mostly lock with one
+/// TTL), copied as assembled then. Any other goes through [`num_bulk`].
 #[inline(always)]
 pub(crate) fn put_num_bulk(buf: &mut BytesMut, n: u64) {
     if n >= 100_000_000 {
         return num_bulk(n).put(buf);
     }
+    let padded = match LAST_NUM.try_with(Cell::get) {
+        Ok((last, padded)) if last == n => padded,
+        _ => {
+            let padded = short_num_bulk(n);
+            // Gone only while the thread exits: then nothing is kept.
+            let _ = LAST_NUM.try_with(|last| last.set((n, padded)));
+            padded
+        }
+    };
+    padded.put(buf);
+}
+
+thread_local! {
+    /// The number below 10^8 this thread appended last, as appended
+    /// (starting as 0's).
+    static LAST_NUM: Cell<(u64, Padded<16>)> = const {
+        Cell::new((
+            0,
+            Padded {
+                bytes: *b"$1\r\n0\r\n\0\0\0\0\0\0\0\0\0",
+                len: 7,
+            },
+        ))
+    };
+}
+
+/// `n` (below 10^8) as a bulk string, assembled in 16 bytes.
+#[inline(never)]
+fn short_num_bulk(n: u64) -> Padded<16> {
+    debug_assert!(n < 100_000_000);
     let count = 1
         + usize::from(n >= 10)
         + usize::from(n >= 100)
@@ -494,9 +528,10 @@ pub(crate) fn put_num_bulk(buf: &mut BytesMut, n: u64) {
         out[at - 1] = b'0' + rest as u8;
     }
     out[4 + count..6 + count].copy_from_slice(b"\r\n");
-    let end = buf.len() + 6 + count;
-    buf.extend_from_slice(&out);
-    buf.truncate(end);
+    Padded {
+        bytes: out,
+        len: 6 + count,
+    }
 }
 
 /// A number as a bulk string, `$<digits>\r\n<number>\r\n`.
@@ -587,6 +622,41 @@ mod tests {
         }
         assert!(Padded::<4>::new(b"12345").is_none());
         assert_eq!(Padded::<4>::new(b"1234").unwrap().as_bytes(), b"1234");
+    }
+
+    /// The number a thread appended last is appended again as kept, and
+    /// only for that number: from a thread's first call (the kept 0), for
+    /// numbers repeated, alternated and sent through the long form in
+    /// between, after other bytes in the buffer, on two threads at once.
+    #[test]
+    fn the_last_number_kept_is_only_used_for_itself() {
+        fn check(ns: impl IntoIterator<Item = u64>) {
+            let mut buf = BytesMut::from(&b"head"[..]);
+            let mut expected = BytesMut::from(&b"head"[..]);
+            for n in ns {
+                put_num_bulk(&mut buf, n);
+                put_bulk(&mut expected, n.to_string().as_bytes());
+                assert_eq!(&buf[..], &expected[..], "{n}");
+            }
+        }
+        let threads: Vec<_> = [7, 30_000]
+            .into_iter()
+            .map(|seed| {
+                std::thread::spawn(move || {
+                    check([0, 0, 1, 0]);
+                    let mut rng = fastrand::Rng::with_seed(seed);
+                    check((0..5_000).map(|_| match rng.u8(0..4) {
+                        0 => seed,
+                        1 => rng.u64(0..100),
+                        2 => rng.u64(99_999_990..100_000_010),
+                        _ => rng.u64(..),
+                    }));
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().expect("no mismatch");
+        }
     }
 
     /// Pushes as a subscribed connection receives them, whole and cut.
