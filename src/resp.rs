@@ -472,10 +472,20 @@ pub(crate) fn put_len_line(buf: &mut BytesMut, len: usize) {
 /// TTL), copied as assembled then. Any other goes through [`num_bulk`].
 #[inline(always)]
 pub(crate) fn put_num_bulk(buf: &mut BytesMut, n: u64) {
-    if n >= 100_000_000 {
-        return num_bulk(n).put(buf);
+    match short_num(n) {
+        Some(padded) => padded.put(buf),
+        None => num_bulk(n).put(buf),
     }
-    let padded = match LAST_NUM.try_with(Cell::get) {
+}
+
+/// `n` as a bulk string in 16 bytes if it has up to 8 digits: the one this
+/// thread assembled last if it was `n`, else assembled now (and kept).
+#[inline(always)]
+pub(crate) fn short_num(n: u64) -> Option<Padded<16>> {
+    if n >= 100_000_000 {
+        return None;
+    }
+    Some(match LAST_NUM.try_with(Cell::get) {
         Ok((last, padded)) if last == n => padded,
         _ => {
             let padded = short_num_bulk(n);
@@ -483,8 +493,7 @@ pub(crate) fn put_num_bulk(buf: &mut BytesMut, n: u64) {
             let _ = LAST_NUM.try_with(|last| last.set((n, padded)));
             padded
         }
-    };
-    padded.put(buf);
+    })
 }
 
 thread_local! {

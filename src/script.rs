@@ -301,6 +301,9 @@ pub(crate) static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 const SET_HEAD: &[u8; 13] = b"*6\r\n$3\r\nSET\r\n";
 /// `NX PX`, as RESP.
 const NX_PX: &[u8; 16] = b"$2\r\nNX\r\n$2\r\nPX\r\n";
+/// The longest tail [`Op::encode`] writes after a key: a handoff's two
+/// tokens (41 and 39 bytes) and a TTL of up to 8 digits (16).
+const TAIL_MAX: usize = 96;
 
 /// One lock operation, with what it needs besides the key and token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -448,20 +451,43 @@ impl<'a> Op<'a> {
         }
         resp::put_len_line(buf, key.len());
         buf.extend_from_slice(key);
-        buf.extend_from_slice(b"\r\n$32\r\n");
-        buf.extend_from_slice(token.as_array());
-        buf.extend_from_slice(b"\r\n");
-        if let Op::Acquire { .. } = self {
-            buf.extend_from_slice(NX_PX);
-        }
-        if let Op::Handoff { to, .. } = self {
-            buf.extend_from_slice(b"$32\r\n");
-            buf.extend_from_slice(to.as_array());
-            buf.extend_from_slice(b"\r\n");
-        }
-        if let Some(ttl_ms) = ttl_ms {
-            resp::put_num_bulk(buf, ttl_ms);
-        }
+        // What follows the key is written in place, at constant offsets,
+        // into one zeroed block as long as the longest tail (a handoff's),
+        // then cut back: one capacity check for up to seven pieces.
+        let start = buf.len();
+        buf.extend_from_slice(&[0; TAIL_MAX]);
+        let Ok(tail) = <&mut [u8; TAIL_MAX]>::try_from(&mut buf[start..]) else {
+            unreachable!("resized to hold the tail")
+        };
+        tail[..7].copy_from_slice(b"\r\n$32\r\n");
+        tail[7..39].copy_from_slice(token.as_array());
+        tail[39..41].copy_from_slice(b"\r\n");
+        let at = match self {
+            Op::Acquire { .. } => {
+                tail[41..57].copy_from_slice(NX_PX);
+                57
+            }
+            Op::Handoff { to, .. } => {
+                tail[41..46].copy_from_slice(b"$32\r\n");
+                tail[46..78].copy_from_slice(to.as_array());
+                tail[78..80].copy_from_slice(b"\r\n");
+                80
+            }
+            _ => 41,
+        };
+        let end = match ttl_ms.map(|ms| (ms, resp::short_num(ms))) {
+            None => at,
+            Some((_, Some(ttl))) => {
+                tail[at..at + 16].copy_from_slice(&ttl.bytes);
+                at + ttl.len
+            }
+            // Over 8 digits: appended after the cut.
+            Some((ms, None)) => {
+                buf.truncate(start + at);
+                return resp::put_num_bulk(buf, ms);
+            }
+        };
+        buf.truncate(start + end);
     }
 
     /// The fencing scripts: the lock's key and its fence counter's.
@@ -728,7 +754,7 @@ mod tests {
         for key in keys {
             for form in [Form::Sha, Form::Source] {
                 let full = form == Form::Source;
-                for ttl_ms in [1, 10_000, u64::MAX] {
+                for ttl_ms in [1, 10_000, 99_999_999, 100_000_000, u64::MAX] {
                     let t = token.as_bytes();
                     let n = itoa::Buffer::new().format(ttl_ms).to_owned();
                     let pick = |script: &'static Script| -> &'static [u8] {
