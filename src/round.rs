@@ -24,7 +24,9 @@
 //!
 //! What the operation means (granted, held, lost…) is the quorum's business;
 //! a round only records which nodes said yes, no, or failed, and can clean
-//! up behind itself on the very connections it used.
+//! up behind itself: on the very connections it used where a reply may
+//! still be owed, on any connection of the node where the reply came (a
+//! one-node round gives its connection back with the vote).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -663,7 +665,11 @@ impl<'q> Round<'q> {
     /// ([`Op::undo`]). On the same connection the release runs after the
     /// request even when the request's reply never came: a connection that
     /// timed out still carries it, then is closed without waiting for a
-    /// reply. Returns the round's tally (not the clean-up's).
+    /// reply. A node whose connection is gone (an orphan: lost to a
+    /// reconnect, or given back with its vote) gets one from its pool; its
+    /// request was answered, or its connection closed, so nothing of it can
+    /// arrive after the release. Returns the round's tally (not the
+    /// clean-up's).
     pub(crate) fn clean_up(self, skip: Mask) -> Tally {
         let token = self.token;
         self.clean_up_token(skip, token)
