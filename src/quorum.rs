@@ -370,9 +370,6 @@ impl Quorum {
         ttl: Duration,
     ) -> Result<Acquired, Error> {
         let mut round = self.round(op, key, token);
-        if self.replicas.is_some() {
-            round.keep_connections();
-        }
         // Nodes in their restart quarantine take no part (see `Round`).
         round.run(self.all());
         let tally = round.tally();

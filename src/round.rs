@@ -24,9 +24,7 @@
 //!
 //! What the operation means (granted, held, lost…) is the quorum's business;
 //! a round only records which nodes said yes, no, or failed, and can clean
-//! up behind itself: on the very connections it used where a reply may
-//! still be owed, on any connection of the node where the reply came (a
-//! one-node round gives its connection back with the vote).
+//! up behind itself on the very connections it used.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -200,12 +198,13 @@ pub(crate) struct Round<'q> {
     /// Nodes whose request went again on a new connection.
     resent: Mask,
     /// Nodes whose request may have been applied but whose connection is
-    /// gone (or was given back early, see [`run_one`](Self::run_one)): a
-    /// clean-up must open another.
+    /// gone: a clean-up must open another.
     orphans: Mask,
-    /// The connections stay in the round after a vote, for a confirmation
-    /// on them ([`confirm_replicated`](Self::confirm_replicated)).
-    keeps: bool,
+    /// A one-node round's connection, once its request is settled (no
+    /// second chance owed), held here rather than in a slot vector, which
+    /// the round then never makes; a clean-up or a confirmation puts it
+    /// back in its slot ([`settle`](Self::settle)).
+    one: Option<Checkout<'q>>,
     /// A batched renewal's answers, node by node (bit `j`: lock `j`
     /// renewed there), in the caller's buffer; `None` for every other
     /// operation (a pointer, not an array: rounds are moved on the hot
@@ -239,7 +238,7 @@ impl<'q> Round<'q> {
             tally: Tally::new(now),
             resent: 0,
             orphans: 0,
-            keeps: false,
+            one: None,
             each: None,
         }
     }
@@ -339,24 +338,20 @@ impl<'q> Round<'q> {
             }
         };
         match redo {
-            None => {
-                // A node that voted has said all it will on this
-                // connection: it goes back to the pool now, without a slot,
-                // unless a confirmation must follow on it. A clean-up after
-                // a yes opens another (an orphan): the vote came, so what
-                // the clean-up sends arrives after the request on any
-                // connection. A failure keeps its connection: the clean-up
-                // must follow the request on it.
-                if !self.keeps && (self.tally.yes | self.tally.no) & 1 != 0 {
-                    self.orphans |= self.tally.yes & 1;
-                    return;
-                }
-                self.slots.push(Some(conn));
-            }
+            None => self.one = Some(conn),
             Some(why) => {
                 self.slots.push(Some(conn));
                 self.second_chance(&[(0, why)], deadline);
             }
+        }
+    }
+
+    /// Puts a one-node round's connection back in its slot, for the steps
+    /// that go through the slots after the round (clean-up, confirmation).
+    fn settle(&mut self) {
+        if let Some(conn) = self.one.take() {
+            self.slots.cover(self.nodes.len());
+            self.slots[0] = Some(conn);
         }
     }
 
@@ -426,12 +421,6 @@ impl<'q> Round<'q> {
 
     pub(crate) fn tally(&self) -> &Tally {
         &self.tally
-    }
-
-    /// Keeps the connections in the round after a vote, for
-    /// [`confirm_replicated`](Self::confirm_replicated).
-    pub(crate) fn keep_connections(&mut self) {
-        self.keeps = true;
     }
 
     /// For a batched renewal: where its answers go, one word per node
@@ -625,6 +614,7 @@ impl<'q> Round<'q> {
             replicas,
             timeout_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
         };
+        self.settle();
         let now = Instant::now();
         let acquired = std::mem::replace(&mut self.tally, Tally::new(now));
         let mut pending = 0;
@@ -665,11 +655,10 @@ impl<'q> Round<'q> {
     /// ([`Op::undo`]). On the same connection the release runs after the
     /// request even when the request's reply never came: a connection that
     /// timed out still carries it, then is closed without waiting for a
-    /// reply. A node whose connection is gone (an orphan: lost to a
-    /// reconnect, or given back with its vote) gets one from its pool; its
-    /// request was answered, or its connection closed, so nothing of it can
-    /// arrive after the release. Returns the round's tally (not the
-    /// clean-up's).
+    /// reply. A node whose connection is gone (an orphan, lost to a
+    /// reconnect: it was closed, so nothing of the request can arrive after
+    /// the release) gets one from its pool. Returns the round's tally (not
+    /// the clean-up's).
     pub(crate) fn clean_up(self, skip: Mask) -> Tally {
         let token = self.token;
         self.clean_up_token(skip, token)
@@ -679,7 +668,8 @@ impl<'q> Round<'q> {
     /// round's own (after a handoff, the token it may have written).
     pub(crate) fn clean_up_token(mut self, skip: Mask, token: &Token) -> Tally {
         // A node whose request may have landed without a connection left to
-        // it gets one for the clean-up, if its pool gives one at once.
+        // it gets one for the clean-up, if its pool gives one.
+        self.settle();
         self.slots.cover(self.nodes.len());
         for i in 0..self.nodes.len() {
             if self.orphans & !skip & (1 << i) != 0 {
