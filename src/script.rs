@@ -848,6 +848,13 @@ mod tests {
                         let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
                         resp::encode(&mut generic, &args);
                         assert_eq!(fast, generic, "{op:?}, {form:?}");
+                        // Behind bytes already in the buffer (a cluster's
+                        // `ASKING`), as behind nothing.
+                        let mut behind = BytesMut::new();
+                        resp::encode(&mut behind, &[b"ASKING"]);
+                        let asking = behind.len();
+                        op.encode(&mut behind, key, &token, form);
+                        assert_eq!(&behind[asking..], &generic[..], "{op:?}, {form:?}, behind");
                     }
                 }
             }
