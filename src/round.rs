@@ -64,8 +64,9 @@ const NODES_IN_BYTE: [u8; 256] = {
 };
 
 /// One connection slot per node; `None` where the node is not taking part.
-/// Made on first use: a one-node round that gave its connection back early
-/// has none, and dropping it is one test rather than a call.
+/// Made on first use: a one-node round, which holds its connection in
+/// `Round::one`, makes none, and dropping it is one test rather than a
+/// call.
 #[derive(Default)]
 struct Slots<'a>(Option<SmallVec<[Option<Checkout<'a>>; 8]>>);
 
@@ -656,8 +657,9 @@ impl<'q> Round<'q> {
     /// request even when the request's reply never came: a connection that
     /// timed out still carries it, then is closed without waiting for a
     /// reply. A node whose connection is gone (an orphan, lost to a
-    /// reconnect: it was closed, so nothing of the request can arrive after
-    /// the release) gets one from its pool. Returns the round's tally (not
+    /// reconnect: the server had closed it, or a demoted master refused the
+    /// write, so nothing of the request can arrive after the release) gets
+    /// one from its pool. Returns the round's tally (not
     /// the clean-up's).
     pub(crate) fn clean_up(self, skip: Mask) -> Tally {
         let token = self.token;
