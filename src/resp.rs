@@ -480,21 +480,22 @@ pub(crate) fn put_len_line(buf: &mut BytesMut, len: usize) {
     }
 }
 
-/// Appends a number as a bulk string, `$<digits>\r\n<number>\r\n`. One of
-/// up to 8 digits (a TTL in milliseconds up to a day) is assembled in 16
-/// bytes ([`short_num_bulk`]) and copied at that constant size, or, when it
-/// is the number this thread appended last (callers mostly lock with one
-/// TTL), copied as assembled then. Any other goes through [`num_bulk`].
-#[inline(always)]
-pub(crate) fn put_num_bulk(buf: &mut BytesMut, n: u64) {
+/// Appends a number as a bulk string, `$<digits>\r\n<number>\r\n`, as
+/// `Op::encode` appends a TTL: through [`short_num`], else [`num_bulk`].
+#[cfg(test)]
+fn put_num_bulk(buf: &mut BytesMut, n: u64) {
     match short_num(n) {
         Some(padded) => padded.put(buf),
         None => num_bulk(n).put(buf),
     }
 }
 
-/// `n` as a bulk string in 16 bytes if it has up to 8 digits: the one this
-/// thread assembled last if it was `n`, else assembled now (and kept).
+/// `n` as a bulk string, `$<digits>\r\n<number>\r\n`, in 16 bytes (to be
+/// copied at that constant size) if it has up to 8 digits (a TTL in
+/// milliseconds up to a day): the one this thread assembled last if it was
+/// `n` (callers mostly lock with one TTL), else assembled now by
+/// [`short_num_bulk`] and kept. `None` for longer numbers: see
+/// [`num_bulk`].
 #[inline(always)]
 pub(crate) fn short_num(n: u64) -> Option<Padded<16>> {
     if n >= 100_000_000 {

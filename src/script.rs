@@ -475,17 +475,19 @@ impl<'a> Op<'a> {
             }
             _ => 41,
         };
-        let end = match ttl_ms.map(|ms| (ms, resp::short_num(ms))) {
+        let end = match ttl_ms {
             None => at,
-            Some((_, Some(ttl))) => {
-                tail[at..at + 16].copy_from_slice(&ttl.bytes);
-                at + ttl.len
-            }
-            // Over 8 digits: appended after the cut.
-            Some((ms, None)) => {
-                buf.truncate(start + at);
-                return resp::put_num_bulk(buf, ms);
-            }
+            Some(ms) => match resp::short_num(ms) {
+                Some(ttl) => {
+                    tail[at..at + 16].copy_from_slice(&ttl.bytes);
+                    at + ttl.len
+                }
+                // Over 8 digits: appended after the cut.
+                None => {
+                    buf.truncate(start + at);
+                    return resp::num_bulk(ms).put(buf);
+                }
+            },
         };
         buf.truncate(start + end);
     }
