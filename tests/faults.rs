@@ -159,14 +159,7 @@ fn lost_replies_never_succeed_and_are_cleaned_up() {
 fn debug_sleep_minority_costs_one_timeout() {
     let servers = RedisServer::start_many(3);
     let locks = warm(&servers, Duration::from_millis(150));
-    let sleeper = servers[0].url();
-    let sleeping = thread::spawn(move || {
-        let mut con = redis::Client::open(sleeper)
-            .expect("url")
-            .get_connection()
-            .expect("connect");
-        let _: redis::RedisResult<()> = redis::cmd("DEBUG").arg("SLEEP").arg(1).query(&mut con);
-    });
+    let sleeping = servers[0].run_blocking(&["DEBUG", "SLEEP", "1"]);
     support::eventually(Duration::from_secs(1), "DEBUG SLEEP under way", || {
         !servers[0].answers_ping_within(Duration::from_millis(20))
     });

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::thread;
 use std::time::Duration;
 
 use redlease::Error;
@@ -130,18 +129,8 @@ fn busy() {
     let server = RedisServer::start();
     let locks = support::manager([server.url()]);
     let _: () = server.cmd(&[b"CONFIG", b"SET", b"busy-reply-threshold", b"20"]);
-    let url = server.url();
-    let script = thread::spawn(move || {
-        let mut con = redis::Client::open(url)
-            .expect("url")
-            .get_connection()
-            .expect("connect");
-        // Ends with an error once SCRIPT KILL stops it.
-        let _: redis::RedisResult<()> = redis::cmd("EVAL")
-            .arg("while true do end")
-            .arg(0)
-            .query(&mut con);
-    });
+    // Ends with an error once SCRIPT KILL stops it.
+    let script = server.run_blocking(&["EVAL", "while true do end", "0"]);
     support::eventually(Duration::from_secs(2), "the script busy", || {
         server
             .raw(b"GET x", Duration::from_secs(1))

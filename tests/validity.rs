@@ -217,15 +217,7 @@ fn a_grant_too_late_is_deleted_at_once() {
         let sleepers: Vec<_> = servers
             .iter()
             .map(|server| {
-                let url = server.url();
-                let sleeper = thread::spawn(move || {
-                    let mut con = redis::Client::open(url)
-                        .expect("url")
-                        .get_connection()
-                        .expect("connect");
-                    let _: redis::RedisResult<()> =
-                        redis::cmd("DEBUG").arg("SLEEP").arg(1.5).query(&mut con);
-                });
+                let sleeper = server.run_blocking(&["DEBUG", "SLEEP", "1.5"]);
                 // Asleep: a PING unanswered for 100 ms (an idle server
                 // answers in well under a millisecond).
                 support::eventually(Duration::from_secs(1), "DEBUG SLEEP under way", || {

@@ -273,6 +273,21 @@ impl RedisServer {
         cmd.query(&mut self.client()).expect("command")
     }
 
+    /// Sends one command that blocks the server (`DEBUG SLEEP`, a script
+    /// that loops) through redis-rs from a thread of its own, on a
+    /// connection opened here; its reply is dropped (a killed script's is an
+    /// error). Join the handle to wait for the command to end.
+    pub fn run_blocking(&self, args: &[&str]) -> std::thread::JoinHandle<()> {
+        let mut cmd = redis::cmd(args[0]);
+        for arg in &args[1..] {
+            cmd.arg(*arg);
+        }
+        let mut con = self.client();
+        std::thread::spawn(move || {
+            let _: redis::RedisResult<()> = cmd.query(&mut con);
+        })
+    }
+
     /// The value at `key`, if any.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         self.cmd(&[b"GET", key])
